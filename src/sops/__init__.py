@@ -1,0 +1,42 @@
+# Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
+"""sops: second-order optimizers for JAX as Optax gradient transformations.
+
+Public API:
+
+* :func:`sops.newton_cg` / :func:`sops.scale_by_newton_cg` -- Hessian-free Newton-CG
+  (Reiz, Neckel, Bungartz, arXiv:2208.02017; Martens 2010).
+* :func:`sops.shampoo` / :func:`sops.scale_by_shampoo` -- blocked Shampoo
+  (Anil, Gupta, Koren, Regan, Singer, arXiv:2002.09018).
+* :mod:`sops.linalg` -- the numerical kernels (batched inverse p-th roots, pytree CG).
+"""
+
+from sops import linalg
+from sops._src.newton_cg import (
+  NewtonCGInfo,
+  ScaleByNewtonCGState,
+  newton_cg,
+  scale_by_newton_cg,
+)
+from sops._src.shampoo import (
+  ScaleByShampooState,
+  ShampooInfo,
+  scale_by_shampoo,
+  shampoo,
+)
+from sops._src.sharding import shampoo_state_sharding
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "NewtonCGInfo",
+  "ScaleByNewtonCGState",
+  "ScaleByShampooState",
+  "ShampooInfo",
+  "__version__",
+  "linalg",
+  "newton_cg",
+  "scale_by_newton_cg",
+  "scale_by_shampoo",
+  "shampoo",
+  "shampoo_state_sharding",
+]

@@ -1,0 +1,508 @@
+# Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
+"""Blocked Shampoo with layer-wise grafting, as an Optax gradient transformation.
+
+The partitioner lives in :mod:`sops._src.blocking`, the graft optimizers in
+:mod:`sops._src.grafting` and the inverse roots in :mod:`sops._src.linalg`; this module holds the
+state, the step and the hyperparameter checks.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from sops._src import blocking, grafting, utils
+from sops._src import linalg as _linalg
+
+_DEFAULT_BLOCK_SIZE = 256
+_DEFAULT_MAX_PRECONDITIONER_DIM = 4096
+
+
+class ShampooInfo(NamedTuple):
+  """Diagnostics of :func:`scale_by_shampoo`, updated every step (log them freely)."""
+
+  max_root_error: jax.Array  # shape=(), float32: largest relative residual of the roots that
+  #   succeeded at the last root computation (0 before the first)
+  root_failures: jax.Array  # shape=(), int32: failed block roots since init (each kept its
+  #   previous preconditioner)
+  root_computations: jax.Array  # shape=(), int32: number of root computations so far
+  steps_since_root: jax.Array  # shape=(), int32: steps since the last root computation
+  nonfinite_skips: jax.Array  # shape=(), int32: steps skipped for non-finite gradients
+
+
+class ScaleByShampooState(NamedTuple):
+  """State of :func:`scale_by_shampoo`: arrays only, fixed shapes and dtypes."""
+
+  shampoo_count: jax.Array  # shape=(), int32: applied (finite) steps
+  statistics: tuple[jax.Array, ...]  # one (num_factors, size, size) stack per (size, p) group,
+  #   statistics_dtype: EMAs of G G^T (and G^T G, ...) of every block
+  preconditioners: tuple[jax.Array, ...]  # same shapes and dtype: the inverse p-th roots
+  graft_nu: Any  # tree like params, param dtype promoted to >= float32: the graft's second
+  #   moments (Adam/RMSProp/AdaGrad), or () for "sgd"/"none"
+  shampoo_momentum: Any  # tree like params, same dtypes: EMA of the grafted direction
+  info: ShampooInfo
+
+
+@functools.lru_cache(maxsize=256)
+def _partition(shapes, block_size, max_dim, merge, override, num_shards) -> blocking.Partition:
+  return blocking.partition_tree(
+    shapes,
+    block_size=block_size,
+    max_preconditioner_dim=max_dim,
+    merge_small_dims=merge,
+    exponent_override=override,
+    stack_multiple=num_shards,
+  )
+
+
+def _static_int(name: str, value: Any, default: int | None, low: int) -> int | None:
+  """A structural integer: a Python int known at construction (it fixes the state's shapes)."""
+  if value is None:
+    return default
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+      f"{name} fixes the optimizer state's shapes, so it must be a static Python int; with "
+      f"optax.inject_hyperparams pass static_args=({name!r},)."
+    )
+  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == ():
+    value = value.item()
+  utils.check_scalar(name, value, low=low, integer=True)
+  return int(value)
+
+
+def _check_number(name: str, value: Any, *, integer: bool = False, **kw) -> None:
+  if isinstance(value, (jax.Array, np.ndarray)):
+    return  # an injected hyperparameter (array): not checked statically
+  utils.check_scalar(name, value, integer=integer, **kw)
+
+
+def _check_grad_tree(updates: Any, reference: Any) -> None:
+  """Raises ``ValueError`` naming the first path where ``updates`` differs from the params."""
+  got = jax.tree_util.tree_flatten_with_path(updates)[0]
+  want = jax.tree_util.tree_flatten_with_path(reference)[0]
+  for (pg, g), (pw, w) in zip(got, want, strict=False):
+    kg, kw = jax.tree_util.keystr(pg), jax.tree_util.keystr(pw)
+    if kg != kw:
+      raise ValueError(
+        f"The gradient tree does not match the parameters given to init: first mismatch at "
+        f"gradient path {kg!r} vs parameter path {kw!r}."
+      )
+    if jnp.shape(g) != jnp.shape(w):
+      raise ValueError(
+        f"The gradient tree does not match the parameters given to init: at path {kg!r} the "
+        f"gradient has shape {jnp.shape(g)} but the parameter has shape {jnp.shape(w)}."
+      )
+  if len(got) != len(want):
+    longer, which = (got, "gradient") if len(got) > len(want) else (want, "parameter")
+    path = jax.tree_util.keystr(longer[min(len(got), len(want))][0])
+    raise ValueError(
+      f"The gradient tree does not match the parameters given to init: {len(got)} gradient "
+      f"leaves vs {len(want)} parameter leaves; first unmatched {which} path {path!r}."
+    )
+
+
+def _split_roots(
+  mats: jax.Array, p: int, real: np.ndarray, old: jax.Array, axis_name: str | None, **kw
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Roots of one stack; with ``axis_name`` each device computes its share, then all-gathers."""
+  n, s = mats.shape[0], mats.shape[-1]
+  padded = bool(real.min() < s)
+  if axis_name is None:
+    roots, info = _linalg.inverse_pth_root(
+      mats, p, block_sizes=jnp.asarray(real) if padded else None, fallback=old, **kw
+    )
+    return roots, info.error, info.failed
+  ndev = lax.axis_size(axis_name)
+  per = -(-n // ndev)
+  extra = per * ndev - n
+  eye = jnp.broadcast_to(jnp.eye(s, dtype=mats.dtype), (extra, s, s))
+  mats = jnp.concatenate([mats, eye])
+  old = jnp.concatenate([old, eye])
+  sizes = jnp.asarray(np.concatenate([real, np.full(extra, s)]), jnp.int32)
+  start = lax.axis_index(axis_name) * per
+  take = functools.partial(lax.dynamic_slice_in_dim, start_index=start, slice_size=per)
+  roots, info = _linalg.inverse_pth_root(
+    take(mats), p, block_sizes=take(sizes) if padded else None, fallback=take(old), **kw
+  )
+  gather = functools.partial(lax.all_gather, axis_name=axis_name, tiled=True)
+  return gather(roots)[:n], gather(info.error)[:n], gather(info.failed)[:n]
+
+
+def scale_by_shampoo(
+  *,
+  block_size: int | None = None,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  graft: str = "adam",
+  eps: jax.typing.ArrayLike = 1e-8,
+  matrix_epsilon: jax.typing.ArrayLike = 1e-6,
+  precondition_every: jax.typing.ArrayLike = 10,
+  start_preconditioning_step: jax.typing.ArrayLike = 10,
+  exponent_override: int | None = None,
+  inverse_root: str = "coupled_newton",
+  nesterov: bool = False,
+  max_preconditioner_dim: int | None = None,
+  merge_small_dims: bool = True,
+  statistics_dtype: Any = "float32",
+  axis_name: str | None = None,
+  num_shards: int = 1,
+) -> optax.GradientTransformation:
+  r"""Scales updates by blocked Shampoo preconditioning with layer-wise grafting.
+
+  For every block :math:`G` of a matrix parameter Shampoo keeps the statistics
+  :math:`L \leftarrow b_2 L + (1-b_2) G G^\top` and :math:`R \leftarrow b_2 R + (1-b_2) G^\top G`
+  (running sums when :math:`b_2 = 1`) and its direction is :math:`L^{-1/4} G R^{-1/4}`; a tensor
+  with :math:`k` preconditioned dimensions gets one factor per dimension, raised to
+  :math:`-1/(2k)` (or :math:`-1/p` with ``p = exponent_override``). The roots, with a ridge
+  ``matrix_epsilon`` relative to each factor's largest eigenvalue, are recomputed every
+  ``precondition_every`` steps from ``start_preconditioning_step`` on, in one batched
+  :func:`sops.linalg.inverse_pth_root` call per (block size, exponent) group. Each block's direction
+  is rescaled to the norm of the graft optimizer's direction on that block (``graft``); before
+  ``start_preconditioning_step`` the graft direction is used alone. Finally momentum:
+  :math:`m \leftarrow b_1 m + (1-b_1) d`, output :math:`m / (1 - b_1^t)` (Nesterov optional).
+
+  Partitioning (static, from the parameter shapes): size-1 dimensions are dropped; leaves of rank
+  0 or 1 use the graft direction only; adjacent dimensions are merged while their product stays
+  ``<= block_size``; dimensions above ``max_preconditioner_dim`` get no factor (the other
+  dimensions are still preconditioned, so memory stays linear in the large dimension; a leaf with
+  no dimension left uses the graft only); dimensions above ``block_size`` are split into blocks,
+  the last one zero-padded. A block whose root fails keeps its previous preconditioner and is
+  counted in ``info.root_failures``. Non-finite gradients skip the step: zero update, state
+  unchanged except ``info.nonfinite_skips``.
+
+  Args:
+    block_size: largest factor size (``None``: 256). Larger dimensions are split into blocks.
+      Static (it fixes the state's shapes).
+    b1: momentum decay of the grafted direction, in ``[0, 1)``.
+    b2: decay of the statistics and of the graft's second moment, in ``(0, 1]``; 1 sums them.
+    graft: ``"adam"``, ``"rmsprop"``, ``"adagrad"``, ``"sgd"`` or ``"none"`` (no rescaling).
+    eps: added to the root of the graft's second moment.
+    matrix_epsilon: ridge added to each factor before its root, relative to its largest
+      eigenvalue.
+    precondition_every: steps between root computations.
+    start_preconditioning_step: first step (counting from 1) that uses Shampoo's direction; the
+      first roots are computed there.
+    exponent_override: ``p`` of the roots :math:`X^{-1/p}` for every factor; ``None`` gives
+      :math:`2k`.
+    inverse_root: ``"coupled_newton"`` or ``"eigh"`` (method of the inverse roots).
+    nesterov: Nesterov momentum.
+    max_preconditioner_dim: dimensions above it get no factor (``None``: 4096). Static.
+    merge_small_dims: merge adjacent small dimensions. Static.
+    statistics_dtype: floating dtype of the statistics and roots (default ``"float32"``).
+    axis_name: ``pmap`` axis name. When set, each device computes the roots of its share of
+      every stack and the results are all-gathered; gradients must already be averaged.
+    num_shards: pad every stack of statistics and preconditioners to a multiple of this, the
+      size of the mesh axis that :func:`sops.shampoo_state_sharding` splits the stacks over
+      under ``jit`` with shardings (padding entries are empty blocks whose roots are the
+      identity and never fail). Static; ``1`` (default) pads nothing.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is a :class:`ScaleByShampooState`.
+
+  Raises:
+    ValueError: at construction, naming an invalid hyperparameter; at update, naming the first
+      path where the gradient tree differs from the parameters given to ``init``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, sops
+    >>> params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    >>> tx = sops.scale_by_shampoo(start_preconditioning_step=1, precondition_every=1)
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.arange(12.0).reshape(4, 3), "b": jnp.ones(3)}
+    >>> updates, state = tx.update(grads, state)
+    >>> updates["w"].shape, int(state.info.root_computations)
+    ((4, 3), 1)
+
+  References:
+    Gupta, Koren, Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization",
+    arXiv:1802.09568. Anil, Gupta, Koren, Regan, Singer, "Scalable Second Order Optimization for
+    Deep Learning", arXiv:2002.09018.
+  """
+  block_size = _static_int("block_size", block_size, _DEFAULT_BLOCK_SIZE, 1)
+  max_dim = _static_int(
+    "max_preconditioner_dim", max_preconditioner_dim, _DEFAULT_MAX_PRECONDITIONER_DIM, 1
+  )
+  override = _static_int("exponent_override", exponent_override, None, 1)
+  num_shards = _static_int("num_shards", num_shards, 1, 1)
+  _check_number("b1", b1, low=0.0, high=1.0, high_inclusive=False)
+  _check_number("b2", b2, low=0.0, high=1.0, low_inclusive=False)
+  _check_number("eps", eps, low=0.0)
+  _check_number("matrix_epsilon", matrix_epsilon, low=0.0)
+  _check_number("precondition_every", precondition_every, low=1, integer=True)
+  _check_number("start_preconditioning_step", start_preconditioning_step, low=1, integer=True)
+  utils.check_choice("graft", graft, grafting.GRAFTS)
+  utils.check_choice("inverse_root", inverse_root, ("coupled_newton", "eigh"))
+  utils.check_choice("nesterov", nesterov, (True, False))
+  utils.check_choice("merge_small_dims", merge_small_dims, (True, False))
+  if axis_name is not None and not isinstance(axis_name, str):
+    raise ValueError(f"axis_name must be None or a str, got {axis_name!r}.")
+  if (
+    isinstance(statistics_dtype, (jax.Array, np.ndarray))
+    or callable(statistics_dtype)
+    and (not isinstance(statistics_dtype, type))
+  ):
+    raise ValueError(
+      f"statistics_dtype must be a dtype (with optax.inject_hyperparams pass it as a string or "
+      f"in static_args), got {statistics_dtype!r}."
+    )
+  try:
+    sdt = jnp.dtype(statistics_dtype)
+  except TypeError as e:
+    raise ValueError(f"statistics_dtype must be a floating dtype, got {statistics_dtype!r}.") from e
+  if not jnp.issubdtype(sdt, jnp.floating):
+    raise ValueError(f"statistics_dtype must be a floating dtype, got {statistics_dtype!r}.")
+  root_kw = dict(method=inverse_root, ridge_epsilon=matrix_epsilon, relative_ridge=True)
+  if sdt == jnp.float64:
+    root_kw["precision"] = "float64"  # roots in the statistics' precision (needs 64-bit JAX)
+
+  def plan(leaves) -> blocking.Partition:
+    shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
+    return _partition(shapes, block_size, max_dim, merge_small_dims, override, num_shards)
+
+  def init_fn(params):
+    part = plan(jax.tree.leaves(params))
+    stats = tuple(
+      jnp.zeros((len(real), s, s), sdt)
+      for (s, _), real in zip(part.stack_keys, part.real_sizes, strict=True)
+    )
+    roots = tuple(jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=sdt), x.shape) for x in stats)
+    zero_i = jnp.zeros([], jnp.int32)
+    return ScaleByShampooState(
+      shampoo_count=zero_i,
+      statistics=stats,
+      preconditioners=roots,
+      graft_nu=grafting.init_graft(graft, params),
+      shampoo_momentum=jax.tree.map(
+        lambda p: jnp.zeros(jnp.shape(p), grafting.accumulator_dtype(p)), params
+      ),
+      info=ShampooInfo(jnp.zeros([], jnp.float32), zero_i, zero_i, zero_i, zero_i),
+    )
+
+  def compute_roots(stats, old, part):
+    roots, errs, fails = [], [], []
+    for i, (_, p) in enumerate(part.stack_keys):
+      real = np.asarray(part.real_sizes[i])
+      r, err, failed = _split_roots(stats[i], p, real, old[i], axis_name, **root_kw)
+      roots.append(r.astype(sdt))
+      errs.append(jnp.max(jnp.where(failed, 0.0, err)))
+      fails.append(jnp.sum(failed, dtype=jnp.int32))
+    return tuple(roots), jnp.max(jnp.stack(errs)).astype(jnp.float32), sum(fails)
+
+  def step(leaves, treedef, state, part):
+    info = state.info
+    count = utils.safe_increment(state.shampoo_count)
+    mom_leaves, mom_def = jax.tree.flatten(state.shampoo_momentum)
+    g = [x.astype(m.dtype) for x, m in zip(leaves, mom_leaves, strict=True)]
+    nu_leaves, nu_def = jax.tree.flatten(state.graft_nu)
+    graft_dir, nu_leaves = grafting.graft_direction(graft, g, nu_leaves, count, b2, eps)
+
+    # Statistics: one batched EMA per stack.
+    blocks = [
+      blocking.to_blocks(x.astype(sdt), lp) if lp.preconditioned else None
+      for x, lp in zip(leaves, part.leaves, strict=True)
+    ]
+    contrib = [[] for _ in part.stack_keys]
+    for xb, lp in zip(blocks, part.leaves, strict=True):
+      for f in lp.factors:
+        contrib[f.stack].append(blocking.factor_statistics(xb, f.dim))
+    for s, c in zip(state.statistics, contrib, strict=True):
+      pad = s.shape[0] - sum(x.shape[0] for x in c)
+      if pad:  # empty entries that round the stack up to a multiple of num_shards
+        c.append(jnp.zeros((pad, *s.shape[1:]), c[0].dtype))
+    w_old, w_new = grafting.ema_weights(b2)
+    stats = tuple(
+      (w_old * s + w_new * jnp.concatenate(c)).astype(sdt)
+      for s, c in zip(state.statistics, contrib, strict=True)
+    )
+
+    # Roots: only on root steps (lax.cond: no root work otherwise).
+    start = jnp.asarray(start_preconditioning_step, jnp.int32)
+    every = jnp.asarray(precondition_every, jnp.int32)
+    do_roots = (count >= start) & ((count - start) % every == 0)
+    if part.stack_keys:
+      with jax.named_scope("shampoo_roots"):
+        roots, max_err, n_fail = lax.cond(
+          do_roots,
+          lambda: compute_roots(stats, state.preconditioners, part),
+          lambda: (state.preconditioners, info.max_root_error, jnp.zeros([], jnp.int32)),
+        )
+    else:
+      roots, max_err, n_fail = (), info.max_root_error, jnp.zeros([], jnp.int32)
+
+    # Direction: Shampoo's, rescaled per block to the graft's norm.
+    use_shampoo = count >= start
+    directions = []
+    for xb, gd, lp in zip(blocks, graft_dir, part.leaves, strict=True):
+      if not lp.preconditioned:
+        directions.append(gd)
+        continue
+      yb = xb
+      for f in lp.factors:
+        yb = blocking.apply_factor(yb, f.dim, roots[f.stack][f.offset : f.offset + lp.num_blocks])
+      yb = yb.astype(gd.dtype)
+      if graft != "none":
+        axes = tuple(range(1, yb.ndim))
+        gnorm = jnp.sqrt(jnp.sum(jnp.square(blocking.to_blocks(gd, lp)), axis=axes, keepdims=True))
+        snorm = jnp.sqrt(jnp.sum(jnp.square(yb), axis=axes, keepdims=True))
+        yb = yb * (gnorm / jnp.where(snorm > 0, snorm, 1.0))
+      directions.append(jnp.where(use_shampoo, blocking.from_blocks(yb, lp), gd))
+
+    # Momentum on the grafted direction.
+    b1f = jnp.asarray(b1)
+    t = count
+    mom = [
+      (b1f * m + (1.0 - b1f) * d).astype(m.dtype)
+      for m, d in zip(mom_leaves, directions, strict=True)
+    ]
+    if nesterov:
+      out = [
+        b1f * m / (1.0 - b1f ** (t + 1)) + (1.0 - b1f) * d / (1.0 - b1f**t)
+        for m, d in zip(mom, directions, strict=True)
+      ]
+    else:
+      out = [m / (1.0 - b1f**t) for m in mom]
+    out = [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)]
+    new_info = ShampooInfo(
+      max_root_error=max_err,
+      root_failures=info.root_failures + n_fail,
+      root_computations=jnp.where(
+        do_roots, utils.safe_increment(info.root_computations), info.root_computations
+      ),
+      steps_since_root=jnp.where(do_roots, 0, utils.safe_increment(info.steps_since_root)),
+      nonfinite_skips=info.nonfinite_skips,
+    )
+    new_state = ScaleByShampooState(
+      shampoo_count=count,
+      statistics=stats,
+      preconditioners=roots,
+      graft_nu=jax.tree.unflatten(nu_def, nu_leaves),
+      shampoo_momentum=jax.tree.unflatten(mom_def, mom),
+      info=new_info,
+    )
+    return out, new_state
+
+  def update_fn(updates, state, params=None):
+    del params
+    _check_grad_tree(updates, state.shampoo_momentum)
+    leaves, treedef = jax.tree.flatten(updates)
+    part = plan(leaves)
+    finite = utils.tree_all_finite(updates)
+    if axis_name is not None:
+      finite = lax.pmin(finite.astype(jnp.int32), axis_name) > 0
+
+    def skip():
+      info = state.info._replace(nonfinite_skips=utils.safe_increment(state.info.nonfinite_skips))
+      return [jnp.zeros_like(x) for x in leaves], state._replace(info=info)
+
+    out, new_state = lax.cond(finite, lambda: step(leaves, treedef, state, part), skip)
+    return jax.tree.unflatten(treedef, out), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def shampoo(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  weight_decay: jax.typing.ArrayLike = 0.0,
+  weight_decay_mask: Any = None,
+  block_size: int | None = None,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  graft: str = "adam",
+  eps: jax.typing.ArrayLike = 1e-8,
+  matrix_epsilon: jax.typing.ArrayLike = 1e-6,
+  precondition_every: jax.typing.ArrayLike = 10,
+  start_preconditioning_step: jax.typing.ArrayLike = 10,
+  exponent_override: int | None = None,
+  inverse_root: str = "coupled_newton",
+  nesterov: bool = False,
+  max_preconditioner_dim: int | None = None,
+  merge_small_dims: bool = True,
+  statistics_dtype: Any = "float32",
+  axis_name: str | None = None,
+  num_shards: int = 1,
+) -> optax.GradientTransformation:
+  r"""Shampoo with decoupled weight decay and a learning rate (float or schedule).
+
+  The update is :math:`-\eta_t (s_t + \lambda\, w_t)` where :math:`s_t` is the output of
+  :func:`scale_by_shampoo` (grafted, with momentum) and :math:`\lambda` is ``weight_decay``
+  (decoupled, as in AdamW; ``weight_decay_mask`` selects the leaves it applies to). The defaults
+  graft Adam's per-block step size onto Shampoo's direction, so a learning rate that suits Adam
+  (``1e-3`` .. ``1e-2``) suits Shampoo.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    weight_decay: decoupled weight decay :math:`\lambda \ge 0`.
+    weight_decay_mask: optional tree of bools (or callable) for ``optax.add_decayed_weights``.
+    block_size: see :func:`scale_by_shampoo` (and every argument below).
+    b1: momentum decay.
+    b2: statistics decay.
+    graft: graft optimizer.
+    eps: graft epsilon.
+    matrix_epsilon: relative ridge of the roots.
+    precondition_every: steps between root computations.
+    start_preconditioning_step: first Shampoo step.
+    exponent_override: root exponent override.
+    inverse_root: root method.
+    nesterov: Nesterov momentum.
+    max_preconditioner_dim: largest preconditioned dimension.
+    merge_small_dims: merge small dimensions.
+    statistics_dtype: dtype of statistics and roots.
+    axis_name: ``pmap`` axis over which root work is split.
+    num_shards: pad the stacks to a multiple of this (see :func:`sops.shampoo_state_sharding`).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, sops
+    >>> params = jnp.ones((8, 4))
+    >>> loss = lambda w: jnp.sum((w - 2.0) ** 2)
+    >>> tx = sops.shampoo(learning_rate=0.1, start_preconditioning_step=1)
+    >>> state = tx.init(params)
+    >>> update = jax.jit(tx.update)
+    >>> for _ in range(50):
+    ...   updates, state = update(jax.grad(loss)(params), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> bool(loss(params) < 1.0)
+    True
+
+  References:
+    Anil, Gupta, Koren, Regan, Singer, "Scalable Second Order Optimization for Deep Learning",
+    arXiv:2002.09018. Loshchilov, Hutter, "Decoupled Weight Decay Regularization",
+    arXiv:1711.05101.
+  """
+  if not callable(learning_rate):
+    _check_number("learning_rate", learning_rate, low=0.0)
+  _check_number("weight_decay", weight_decay, low=0.0)
+  parts = [
+    scale_by_shampoo(
+      block_size=block_size,
+      b1=b1,
+      b2=b2,
+      graft=graft,
+      eps=eps,
+      matrix_epsilon=matrix_epsilon,
+      precondition_every=precondition_every,
+      start_preconditioning_step=start_preconditioning_step,
+      exponent_override=exponent_override,
+      inverse_root=inverse_root,
+      nesterov=nesterov,
+      max_preconditioner_dim=max_preconditioner_dim,
+      merge_small_dims=merge_small_dims,
+      statistics_dtype=statistics_dtype,
+      axis_name=axis_name,
+      num_shards=num_shards,
+    )
+  ]
+  if not (isinstance(weight_decay, numbers.Real) and weight_decay == 0.0):
+    parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*parts)

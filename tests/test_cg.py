@@ -1,0 +1,227 @@
+# Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
+"""Conjugate gradients on pytrees (``sops.linalg.conjugate_gradient``) against dense float64 NumPy.
+
+Most tests run in float64 (``jax.enable_x64`` context) so that the comparison with
+``numpy.linalg.solve`` can be tight: CG with relative tolerance ``tol`` has a relative error of at
+most ``cond(A) * tol`` (the residual bound times ``||A^-1|| ||A||``), which sets each tolerance.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import sops
+from sops.linalg import conjugate_gradient
+
+
+def random_spd(rng: np.random.Generator, n: int, cond: float) -> np.ndarray:
+  """A random symmetric positive-definite matrix with condition number ``cond``."""
+  q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+  eigs = np.geomspace(1.0, cond, n)
+  return (q * eigs) @ q.T
+
+
+@pytest.mark.parametrize("n,cond", [(5, 10.0), (30, 1e3), (80, 1e4)])
+def test_cg_matches_dense_solve_on_spd_systems(n, cond):
+  rng = np.random.default_rng(n)
+  a, b = random_spd(rng, n, cond), rng.standard_normal(n)
+  expected = np.linalg.solve(a, b)
+  with jax.enable_x64(True):
+    x, info = conjugate_gradient(
+      lambda v: jnp.asarray(a) @ v, jnp.asarray(b), tol=1e-12, maxiter=10 * n
+    )
+    assert x.dtype == jnp.float64
+  # ||x - x*|| / ||x*|| <= cond * tol = cond * 1e-12 (plus a little rounding).
+  np.testing.assert_allclose(x, expected, rtol=0, atol=10 * cond * 1e-12 * np.linalg.norm(expected))
+  assert bool(info.converged) and not bool(info.nonpositive_curvature)
+  assert float(info.relative_residual) <= 1e-12
+  assert 0 < int(info.iterations) <= 10 * n
+
+
+def test_cg_solves_pytree_structured_systems():
+  rng = np.random.default_rng(1)
+  tree = {"w": np.zeros((3, 2)), "b": np.zeros(2), "s": np.zeros(())}
+  n = sum(x.size for x in tree.values())
+  a = random_spd(rng, n, 100.0)
+  b_flat = rng.standard_normal(n)
+  expected = np.linalg.solve(a, b_flat)
+  with jax.enable_x64(True):
+    a_j = jnp.asarray(a)
+    _, unravel = ravel_pytree(jax.tree.map(jnp.asarray, tree))
+
+    def matvec(v):
+      return unravel(a_j @ ravel_pytree(v)[0])
+
+    x, info = conjugate_gradient(matvec, unravel(jnp.asarray(b_flat)), tol=1e-12, maxiter=100)
+    x_flat = np.asarray(ravel_pytree(x)[0])
+  assert jax.tree.structure(x) == jax.tree.structure(tree)
+  assert jax.tree.map(jnp.shape, x) == jax.tree.map(np.shape, tree)
+  np.testing.assert_allclose(x_flat, expected, atol=1e-9)
+  assert bool(info.converged)
+
+
+def test_cg_relative_stop_is_scale_invariant_and_honest():
+  rng = np.random.default_rng(2)
+  a, b = random_spd(rng, 40, 1e3), rng.standard_normal(40)
+  with jax.enable_x64(True):
+    # Scaling by a power of two is exact in floating point, so the iterations must coincide.
+    runs = [
+      conjugate_gradient(lambda v: jnp.asarray(a) @ v, s * jnp.asarray(b), tol=1e-4)
+      for s in (1.0, 2.0**20)
+    ]
+  (x1, i1), (x2, i2) = runs
+  assert int(i1.iterations) == int(i2.iterations)
+  np.testing.assert_allclose(np.asarray(x2), 2.0**20 * np.asarray(x1), rtol=1e-12)
+  # The recorded residual is the true residual ||b - A x|| / ||b|| and meets the tolerance.
+  true_rel = np.linalg.norm(b - a @ np.asarray(x1)) / np.linalg.norm(b)
+  assert true_rel <= 1e-4
+  np.testing.assert_allclose(float(i1.relative_residual), true_rel, rtol=1e-6)
+
+
+@pytest.mark.parametrize("maxiter", [1, 3, 7])
+def test_cg_with_zero_tol_runs_exactly_maxiter_iterations(maxiter):
+  rng = np.random.default_rng(3)
+  a, b = random_spd(rng, 20, 100.0), rng.standard_normal(20)
+  x, info = conjugate_gradient(
+    lambda v: jnp.asarray(a, jnp.float32) @ v, jnp.asarray(b, jnp.float32), tol=0.0, maxiter=maxiter
+  )
+  assert int(info.iterations) == maxiter
+  assert not bool(info.converged)
+
+
+def krylov_minimiser(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+  """argmin of 0.5 x^T A x - b^T x over span{b, Ab, ..., A^(k-1) b}: the k-th CG iterate."""
+  v = np.stack([np.linalg.matrix_power(a, i) @ b for i in range(k)], axis=1)
+  v, _ = np.linalg.qr(v)
+  return v @ np.linalg.solve(v.T @ a @ v, v.T @ b)
+
+
+def test_cg_iterates_are_krylov_minimisers():
+  rng = np.random.default_rng(4)
+  a, b = random_spd(rng, 12, 50.0), rng.standard_normal(12)
+  with jax.enable_x64(True):
+    for k in (1, 2, 4):
+      x, _ = conjugate_gradient(lambda v: jnp.asarray(a) @ v, jnp.asarray(b), tol=0.0, maxiter=k)
+      np.testing.assert_allclose(x, krylov_minimiser(a, b, k), rtol=1e-8, atol=1e-10)
+
+
+def test_cg_stops_on_negative_curvature_with_last_good_iterate():
+  rng = np.random.default_rng(5)
+  n = 10
+  q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+  eigs = np.concatenate([np.linspace(1.0, 5.0, n - 1), [-3.0]])
+  a = (q * eigs) @ q.T
+  b = rng.standard_normal(n)
+  with jax.enable_x64(True):
+    x, info = conjugate_gradient(
+      lambda v: jnp.asarray(a) @ v, jnp.asarray(b), tol=1e-12, maxiter=100
+    )
+  k = int(info.iterations)
+  assert bool(info.nonpositive_curvature) and not bool(info.converged)
+  assert float(info.curvature) <= 0
+  assert 1 <= k < n
+  # The returned point is the k-th iterate, which is the Krylov-space minimiser.
+  np.testing.assert_allclose(x, krylov_minimiser(a, b, k), rtol=1e-8, atol=1e-10)
+
+
+def test_cg_returns_rhs_on_negative_curvature_at_first_iteration():
+  a = np.diag([2.0, -1.0, 3.0])
+  b = np.array([0.1, 2.0, 0.1])  # b^T A b = 0.02 - 4 + 0.03 < 0
+  x, info = conjugate_gradient(
+    lambda v: jnp.asarray(a, jnp.float32) @ v, jnp.asarray(b, jnp.float32), tol=1e-6, maxiter=10
+  )
+  assert bool(info.nonpositive_curvature) and int(info.iterations) == 0
+  np.testing.assert_allclose(x, b, rtol=1e-7)
+  np.testing.assert_allclose(float(info.curvature), b @ a @ b / (b @ b), rtol=1e-5)
+
+
+def test_cg_warm_start_at_solution_needs_no_iteration():
+  rng = np.random.default_rng(6)
+  a, b = random_spd(rng, 15, 10.0), rng.standard_normal(15)
+  with jax.enable_x64(True):
+    matvec = lambda v: jnp.asarray(a) @ v  # noqa: E731
+    x_star = jnp.asarray(np.linalg.solve(a, b))
+    x, info = conjugate_gradient(matvec, jnp.asarray(b), x0=x_star, tol=1e-8)
+  assert int(info.iterations) == 0 and bool(info.converged)
+  np.testing.assert_allclose(x, x_star, rtol=1e-12)
+
+
+def test_cg_discards_warm_start_worse_than_zero():
+  rng = np.random.default_rng(7)
+  a, b = random_spd(rng, 15, 10.0), rng.standard_normal(15)
+  x_star = np.linalg.solve(a, b)
+  bad = -3.0 * x_star  # q(bad) = 4.5 x*^T A x* + 3 b^T x* > 0 = q(0)
+  assert 0.5 * bad @ a @ bad - b @ bad > 0
+  with jax.enable_x64(True):
+    matvec = lambda v: jnp.asarray(a) @ v  # noqa: E731
+    cold, cold_info = conjugate_gradient(matvec, jnp.asarray(b), tol=0.0, maxiter=3)
+    warm, warm_info = conjugate_gradient(
+      matvec, jnp.asarray(b), x0=jnp.asarray(bad), tol=0.0, maxiter=3
+    )
+  np.testing.assert_allclose(warm, cold, rtol=1e-12)
+  assert int(warm_info.iterations) == int(cold_info.iterations) == 3
+
+
+def test_cg_flags_nonfinite_products_and_returns_finite_iterate():
+  def matvec(v):
+    return jnp.where(jnp.abs(v[0]) > 0.5, jnp.nan, 1.0) * v
+
+  b = jnp.array([1.0, 0.0, 0.0])
+  x, info = conjugate_gradient(matvec, b, tol=1e-6, maxiter=5)
+  assert bool(info.nonfinite) and int(info.iterations) == 0
+  assert bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_cg_with_zero_rhs_returns_zero():
+  x, info = conjugate_gradient(
+    lambda v: {"a": 2.0 * v["a"]}, {"a": jnp.zeros(3)}, tol=1e-3, maxiter=4
+  )
+  np.testing.assert_array_equal(x["a"], np.zeros(3))
+  assert int(info.iterations) == 0 and float(info.relative_residual) == 0.0
+
+
+def test_cg_jits_with_traced_tol_and_maxiter():
+  rng = np.random.default_rng(8)
+  a, b = random_spd(rng, 10, 10.0), rng.standard_normal(10)
+  aj, bj = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+  solve = jax.jit(
+    lambda b, tol, maxiter: conjugate_gradient(lambda v: aj @ v, b, tol=tol, maxiter=maxiter)
+  )
+  x, info = solve(bj, jnp.float32(1e-5), jnp.int32(50))
+  np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-3, atol=1e-4)  # float32, cond 10
+  _, info2 = solve(bj, jnp.float32(0.0), jnp.int32(2))
+  assert int(info2.iterations) == 2
+
+
+def test_cg_under_pmap_with_sharded_operator_matches_full_solve(devices):
+  """Each replica holds A_i; the mean operator is pmean(A_i v); inner products are pmean-ed."""
+  rng = np.random.default_rng(9)
+  n, ndev = 12, len(devices)
+  parts = np.stack([random_spd(rng, n, 10.0) for _ in range(ndev)])
+  b = rng.standard_normal(n)
+  expected = np.linalg.solve(parts.mean(0), b)
+
+  def solve(a_i, b):
+    matvec = lambda v: jax.lax.pmean(a_i @ v, "i")  # noqa: E731
+    return conjugate_gradient(matvec, b, tol=1e-6, maxiter=50, axis_name="i")
+
+  x, info = jax.pmap(solve, axis_name="i", in_axes=(0, None))(
+    jnp.asarray(parts, jnp.float32), jnp.asarray(b, jnp.float32)
+  )
+  # Every replica took the same path and holds the same solution.
+  assert len(set(np.asarray(info.iterations).tolist())) == 1
+  np.testing.assert_allclose(x, np.broadcast_to(expected, x.shape), rtol=1e-4, atol=1e-4)
+
+
+def test_cg_is_exported_from_linalg():
+  assert sops.linalg.conjugate_gradient is conjugate_gradient
+  assert sops.linalg.CGInfo._fields == (
+    "iterations",
+    "relative_residual",
+    "curvature",
+    "nonpositive_curvature",
+    "nonfinite",
+    "converged",
+  )

@@ -152,7 +152,7 @@ def scale_by_shampoo(
   merge_small_dims: bool = True,
   statistics_dtype: Any = "float32",
   axis_name: str | None = None,
-  num_shards: int = 1,
+  num_shards: int | None = None,
 ) -> optax.GradientTransformation:
   r"""Scales updates by blocked Shampoo preconditioning with layer-wise grafting.
 
@@ -201,7 +201,7 @@ def scale_by_shampoo(
     num_shards: pad every stack of statistics and preconditioners to a multiple of this, the
       size of the mesh axis that :func:`sops.shampoo_state_sharding` splits the stacks over
       under ``jit`` with shardings (padding entries are empty blocks whose roots are the
-      identity and never fail). Static; ``1`` (default) pads nothing.
+      identity and never fail). Static; ``None`` (default) or ``1`` pads nothing.
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a :class:`ScaleByShampooState`.
@@ -427,7 +427,7 @@ def shampoo(
   merge_small_dims: bool = True,
   statistics_dtype: Any = "float32",
   axis_name: str | None = None,
-  num_shards: int = 1,
+  num_shards: int | None = None,
 ) -> optax.GradientTransformation:
   r"""Shampoo with decoupled weight decay and a learning rate (float or schedule).
 
@@ -456,7 +456,8 @@ def shampoo(
     merge_small_dims: merge small dimensions.
     statistics_dtype: dtype of statistics and roots.
     axis_name: ``pmap`` axis over which root work is split.
-    num_shards: pad the stacks to a multiple of this (see :func:`sops.shampoo_state_sharding`).
+    num_shards: pad the stacks to a multiple of this (see :func:`sops.shampoo_state_sharding`);
+      ``None`` pads nothing.
 
   Returns:
     An ``optax.GradientTransformation``.

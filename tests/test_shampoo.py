@@ -526,3 +526,55 @@ def test_pmap_split_roots_equal_single_device_in_float64(devices):
       for d in range(n_dev):
         np.testing.assert_allclose(np.asarray(a[d]), np.asarray(b), rtol=1e-9, atol=1e-10)
     assert int(s_m[0].info.root_computations[0]) == 3
+
+
+_EIGH_SCAN_PROGRAM = """
+import jax, jax.numpy as jnp, numpy as np, optax, sops
+sizes = (64, 256, 128, 32, 8, 32, 128, 256, 64)  # five stacks of different block sizes
+keys = jax.random.split(jax.random.key(0), len(sizes) - 1)
+params = [jax.random.normal(k, (m, n)) / np.sqrt(m) for k, m, n in zip(keys, sizes, sizes[1:])]
+data = jax.random.uniform(jax.random.key(1), (256, 64))
+
+def loss(ps):
+  x = data
+  for w in ps[:-1]:
+    x = jnp.tanh(x @ w)
+  return jnp.mean((x @ ps[-1] - data) ** 2)
+
+tx = sops.shampoo(3e-3, precondition_every=5, start_preconditioning_step=5, inverse_root="eigh")
+
+@jax.jit
+def chunk(ps, s):
+  def body(carry, _):
+    ps, s = carry
+    u, s = tx.update(jax.grad(loss)(ps), s, ps)
+    return (optax.apply_updates(ps, u), s), None
+  return jax.lax.scan(body, (ps, s), None, length=20)[0]
+
+ps, s = params, tx.init(params)
+for _ in range(3):
+  ps, s = jax.block_until_ready(chunk(ps, s))
+assert all(bool(jnp.all(jnp.isfinite(p))) for p in ps)
+print("roots", int(s[0].info.root_computations))
+"""
+
+
+def test_eigh_roots_of_many_stacks_inside_scan_finish():
+  # Regression: jaxlib's CPU eigh blocks on the intra-op thread pool, and two eigh calls (or
+  # eigh with the power iteration's qr/eigvalsh) running at once deadlocked a 2-core machine
+  # inside a scanned Shampoo step. Run in a subprocess so a hang fails the test, not the suite.
+  # The hang needs the default (one device) thread pool, so the simulated devices are dropped.
+  import os  # noqa: PLC0415
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+    [sys.executable, "-c", _EIGH_SCAN_PROGRAM],
+    capture_output=True,
+    text=True,
+    timeout=180,
+    env=env,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "roots 12" in out.stdout, out.stdout

@@ -289,7 +289,15 @@ def scale_by_shampoo(
     roots, errs, fails = [], [], []
     for i, (_, p) in enumerate(part.stack_keys):
       real = np.asarray(part.real_sizes[i])
-      r, err, failed = _split_roots(stats[i], p, real, old[i], axis_name, **root_kw)
+      mats = stats[i]
+      if inverse_root == "eigh" and roots:
+        # jaxlib's CPU eigh splits its batch over the intra-op thread pool and blocks on it, so
+        # two eigh calls running at once can deadlock a small pool (seen on 2 cores, jaxlib
+        # 0.10.2). A data dependency of each stack's input on the previous stack's roots runs
+        # them in turn (an optimization_barrier does not order them on CPU; XLA keeps x * 0 for
+        # floats, as it is NaN for infinite x; the roots are always finite).
+        mats = mats + 0.0 * roots[-1][0, 0, 0].astype(mats.dtype)
+      r, err, failed = _split_roots(mats, p, real, old[i], axis_name, **root_kw)
       roots.append(r.astype(sdt))
       errs.append(jnp.max(jnp.where(failed, 0.0, err)))
       fails.append(jnp.sum(failed, dtype=jnp.int32))

@@ -242,6 +242,39 @@ def test_failed_root_keeps_previous_preconditioner_and_counts(monkeypatch):
   assert int(state.info.root_failures) == 1
 
 
+@pytest.mark.parametrize("method", ["coupled_newton", "eigh"])
+def test_inverse_failure_threshold_accepts_rank_deficient_roots_and_rejects_above_it(method):
+  # Statistics of rank-4 gradients in 48x48 and 40x40 factors: float32 roots are at the rounding
+  # floor (eigh ~1e-1 residual), which the default threshold accepts; a tiny threshold rejects
+  # every root, so the preconditioners stay the identity and every block is counted.
+  rng = np.random.default_rng(7)
+  basis_l, basis_r = rng.standard_normal((48, 4)), rng.standard_normal((4, 40))
+  grads = [
+    jnp.asarray(basis_l @ np.diag(rng.standard_normal(4)) @ basis_r, jnp.float32) for _ in range(6)
+  ]
+  params = jnp.zeros((48, 40))
+  for thr, expect_fail in ((1.0, False), (1e-9, True)):
+    tx = sops.scale_by_shampoo(
+      precondition_every=3,
+      start_preconditioning_step=3,
+      inverse_root=method,
+      inverse_failure_threshold=thr,
+    )
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for g in grads:
+      _, state = update(g, state, params)
+    n_blocks = sum(x.shape[0] for x in state.preconditioners)
+    assert int(state.info.root_computations) == 2
+    if expect_fail:
+      assert int(state.info.root_failures) == 2 * n_blocks
+      for x in state.preconditioners:
+        np.testing.assert_array_equal(np.asarray(x), np.broadcast_to(np.eye(x.shape[-1]), x.shape))
+    else:
+      assert int(state.info.root_failures) == 0
+      assert 0.0 < float(state.info.max_root_error) <= thr
+
+
 def test_nonfinite_gradient_skips_step_and_is_recorded():
   tx = sops.shampoo(1e-2, start_preconditioning_step=1, precondition_every=1)
   params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
@@ -273,6 +306,7 @@ def test_nonfinite_gradient_skips_step_and_is_recorded():
     ({"start_preconditioning_step": 1.5}, "start_preconditioning_step"),
     ({"graft": "lamb"}, "graft"),
     ({"inverse_root": "svd"}, "inverse_root"),
+    ({"inverse_failure_threshold": 0.0}, "inverse_failure_threshold"),
     ({"exponent_override": 0}, "exponent_override"),
     ({"max_preconditioner_dim": -1}, "max_preconditioner_dim"),
     ({"statistics_dtype": jnp.int32}, "statistics_dtype"),

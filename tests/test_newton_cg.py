@@ -440,6 +440,33 @@ def test_state_keeps_types_and_does_not_recompile():
   )(state)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"curvature": "gauss_newton", "adaptive_damping": False}])
+def test_init_state_can_be_donated_to_a_jitted_step(kwargs):
+  # Training loops donate the optimizer state (`donate_argnums`); that fails with "donate the
+  # same buffer twice" if two leaves of the state returned by `init` share a buffer.
+  params, x, y, predict, out_loss = mlp_problem()
+  fns = dict(
+    value_fn=lambda p: out_loss(predict(p, x), y),
+    predict_fn=lambda p: predict(p, x),
+    output_loss_fn=lambda z: out_loss(z, y),
+  )
+  tx = sops.newton_cg(**kwargs)
+  state = tx.init(params)
+  leaves = jax.tree.leaves(state)
+  assert len({id(leaf) for leaf in leaves}) == len(leaves)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state):
+    grads = jax.grad(fns["value_fn"])(params)
+    updates, state = tx.update(grads, state, params, **fns)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(2):
+    params, state = step(params, state)
+  assert int(state[0].count) == 2
+  assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input.
 

@@ -1,6 +1,7 @@
 # Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
 """Tests of sops.scale_by_shampoo / sops.shampoo against a float64 numpy reference and in use."""
 
+import functools
 import itertools
 
 import jax
@@ -423,6 +424,27 @@ def test_masked_leaves_are_untouched_and_others_preconditioned():
   new, _ = _train(tx, params, loss, 3)
   np.testing.assert_array_equal(np.asarray(new["w2"]), np.asarray(params["w2"]))
   assert not np.allclose(np.asarray(new["w1"]), np.asarray(params["w1"]))
+
+
+def test_init_state_can_be_donated_to_a_jitted_step():
+  # Training loops donate the optimizer state (`donate_argnums`); that fails with "donate the
+  # same buffer twice" if two leaves of the state returned by `init` share a buffer.
+  params = {"w": jnp.ones((6, 5)), "b": jnp.ones(5)}
+  tx = sops.shampoo(1e-2, start_preconditioning_step=1, precondition_every=1)
+  state = tx.init(params)
+  leaves = jax.tree.leaves(state)
+  assert len({id(leaf) for leaf in leaves}) == len(leaves)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state):
+    grads = jax.tree.map(lambda p: 0.1 * p, params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(2):
+    params, state = step(params, state)
+  assert int(state[0].info.root_computations) == 2
+  assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
 
 
 def test_state_shapes_dtypes_fixed_and_bf16_params_keep_dtype():

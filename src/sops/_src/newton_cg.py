@@ -148,15 +148,20 @@ def _make(
   )
 
   def init_fn(params):
-    zero = jnp.zeros((), _F32)
-    false = jnp.asarray(False)
+    # Every leaf is a buffer of its own, so that the state can be donated to a jitted step.
+    def zero():
+      return jnp.zeros((), _F32)
+
+    def false():
+      return jnp.zeros((), jnp.bool_)
+
     return ScaleByNewtonCGState(
       count=jnp.zeros((), jnp.int32),
       cg_solution=optax.tree.zeros_like(params) if warm_start else None,
-      damping=jnp.asarray(damping, _F32),
+      damping=jnp.array(damping, _F32),
       nonfinite_count=jnp.zeros((), jnp.int32),
       info=NewtonCGInfo(
-        zero, jnp.zeros((), jnp.int32), zero, zero, false, false, zero, false, false
+        zero(), jnp.zeros((), jnp.int32), zero(), zero(), false(), false(), zero(), false(), false()
       ),
     )
 

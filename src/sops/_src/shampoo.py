@@ -290,16 +290,20 @@ def scale_by_shampoo(
       for (s, _), real in zip(part.stack_keys, part.real_sizes, strict=True)
     )
     roots = tuple(jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=sdt), x.shape) for x in stats)
-    zero_i = jnp.zeros([], jnp.int32)
+
+    # Every leaf is a buffer of its own, so that the state can be donated to a jitted step.
+    def zero_i():
+      return jnp.zeros([], jnp.int32)
+
     return ScaleByShampooState(
-      shampoo_count=zero_i,
+      shampoo_count=zero_i(),
       statistics=stats,
       preconditioners=roots,
       graft_nu=grafting.init_graft(graft, params),
       shampoo_momentum=jax.tree.map(
         lambda p: jnp.zeros(jnp.shape(p), grafting.accumulator_dtype(p)), params
       ),
-      info=ShampooInfo(jnp.zeros([], jnp.float32), zero_i, zero_i, zero_i, zero_i),
+      info=ShampooInfo(jnp.zeros([], jnp.float32), zero_i(), zero_i(), zero_i(), zero_i()),
     )
 
   def compute_roots(stats, old, part):

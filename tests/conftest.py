@@ -9,6 +9,7 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -18,3 +19,14 @@ def devices():
   devs = jax.devices()
   assert len(devs) == 8, f"expected 8 simulated devices, got {len(devs)}"
   return devs
+
+
+@pytest.fixture
+def rng():
+  """A numpy Generator with a fresh seed each run; the seed is printed (pytest shows it on failure).
+
+  Reproduce a failure with ``SOPS_TEST_SEED=<seed> python -m pytest ...``.
+  """
+  seed = int(os.environ.get("SOPS_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+  print(f"seed={seed} (rerun with SOPS_TEST_SEED={seed})")
+  return np.random.default_rng(seed)

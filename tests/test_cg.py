@@ -24,8 +24,7 @@ def random_spd(rng: np.random.Generator, n: int, cond: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n,cond", [(5, 10.0), (30, 1e3), (80, 1e4)])
-def test_cg_matches_dense_solve_on_spd_systems(n, cond):
-  rng = np.random.default_rng(n)
+def test_cg_matches_dense_solve_on_spd_systems(n, cond, rng):
   a, b = random_spd(rng, n, cond), rng.standard_normal(n)
   expected = np.linalg.solve(a, b)
   with jax.enable_x64(True):
@@ -40,8 +39,7 @@ def test_cg_matches_dense_solve_on_spd_systems(n, cond):
   assert 0 < int(info.iterations) <= 10 * n
 
 
-def test_cg_solves_pytree_structured_systems():
-  rng = np.random.default_rng(1)
+def test_cg_solves_pytree_structured_systems(rng):
   tree = {"w": np.zeros((3, 2)), "b": np.zeros(2), "s": np.zeros(())}
   n = sum(x.size for x in tree.values())
   a = random_spd(rng, n, 100.0)
@@ -98,8 +96,7 @@ def krylov_minimiser(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
   return v @ np.linalg.solve(v.T @ a @ v, v.T @ b)
 
 
-def test_cg_iterates_are_krylov_minimisers():
-  rng = np.random.default_rng(4)
+def test_cg_iterates_are_krylov_minimisers(rng):
   a, b = random_spd(rng, 12, 50.0), rng.standard_normal(12)
   with jax.enable_x64(True):
     for k in (1, 2, 4):

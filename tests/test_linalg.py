@@ -1,14 +1,13 @@
 # Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
 """Tests of sops.linalg.inverse_pth_root against float64 numpy eigh references.
 
-Inputs are fresh random matrices each run; every test prints its seed (shown by pytest on failure)
+Inputs are fresh random matrices each run (the ``rng`` fixture of conftest.py); every test prints
+its seed (shown by pytest on failure)
 so a failure can be reproduced with SOPS_TEST_SEED=<seed>.
 
 Errors are spectral-norm relative errors ||X - X_ref||_2 / ||X_ref||_2, where X_ref is the float64
 eigh root of the *same float32 input* (cast to float64), with the same ridge.
 """
-
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +19,6 @@ import sops.linalg as L
 
 inverse_pth_root = L.inverse_pth_root
 PS = (1, 2, 3, 4, 6, 8)
-
-
-@pytest.fixture
-def rng():
-  seed = int(os.environ.get("SOPS_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
-  print(f"seed={seed} (rerun with SOPS_TEST_SEED={seed})")
-  return np.random.default_rng(seed)
 
 
 def _prescribed(rng, batch, n, cond):

@@ -111,8 +111,7 @@ CASES = [
 
 @pytest.mark.parametrize("shape,block,merge,ref_shape", CASES)
 @pytest.mark.parametrize("inverse_root", ["eigh", "coupled_newton"])
-def test_direction_matches_float64_reference(shape, block, merge, ref_shape, inverse_root):
-  rng = np.random.default_rng(abs(hash((shape, block))) % 2**32)
+def test_direction_matches_float64_reference(shape, block, merge, ref_shape, inverse_root, rng):
   grads = [rng.standard_normal(shape) for _ in range(9)]
   kw = dict(b1=0.9, b2=0.95, eps=1e-8, start=4, every=2)
   tx = sops.scale_by_shampoo(
@@ -147,8 +146,7 @@ def test_direction_matches_float64_reference(shape, block, merge, ref_shape, inv
     ("adam", 1.0, True, 2),
   ],
 )
-def test_graft_momentum_and_exponent_options_match_reference(graft, b2, nesterov, override):
-  rng = np.random.default_rng(7)
+def test_graft_momentum_and_exponent_options_match_reference(graft, b2, nesterov, override, rng):
   shape = (7, 6)
   grads = [rng.standard_normal(shape) * (1 + t) for t in range(7)]
   tx = sops.scale_by_shampoo(

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import sops
-from sops._src import shampoo as shampoo_mod
+from sops._src import roots as roots_mod
 
 # ---------------------------------------------------------------------------------------------
 # Float64 numpy reference: explicit blocks (numpy slicing, no padding), eigh roots, same grafting.
@@ -121,6 +121,7 @@ def test_direction_matches_float64_reference(shape, block, merge, ref_shape, inv
     b2=kw["b2"],
     matrix_epsilon=1e-4,
     precondition_every=2,
+    stagger_roots=False,
     start_preconditioning_step=4,
     inverse_root=inverse_root,
   )
@@ -158,6 +159,7 @@ def test_graft_momentum_and_exponent_options_match_reference(graft, b2, nesterov
     exponent_override=override,
     matrix_epsilon=1e-3,
     precondition_every=3,
+    stagger_roots=False,
     start_preconditioning_step=3,
     inverse_root="eigh",
   )
@@ -181,7 +183,9 @@ def test_graft_momentum_and_exponent_options_match_reference(graft, b2, nesterov
 
 def test_roots_only_on_root_steps_and_diagnostics_count():
   rng = np.random.default_rng(3)
-  tx = sops.scale_by_shampoo(block_size=8, precondition_every=3, start_preconditioning_step=2)
+  tx = sops.scale_by_shampoo(
+    block_size=8, precondition_every=3, start_preconditioning_step=2, stagger_roots=False
+  )
   state = tx.init(jnp.zeros((5, 4)))
   update = jax.jit(tx.update)
   for t in range(1, 9):
@@ -197,17 +201,19 @@ def test_roots_only_on_root_steps_and_diagnostics_count():
 
 def test_one_root_call_per_block_size_group(monkeypatch):
   calls = []
-  orig = shampoo_mod._linalg.inverse_pth_root
+  orig = roots_mod._linalg.inverse_pth_root
 
   def counting(mats, p, **kw):
     calls.append((mats.shape, p))
     return orig(mats, p, **kw)
 
-  monkeypatch.setattr(shampoo_mod._linalg, "inverse_pth_root", counting)
+  monkeypatch.setattr(roots_mod._linalg, "inverse_pth_root", counting)
   params = {f"w{i}": jnp.zeros((12, 8)) for i in range(5)}  # 5 x (3x2 blocks of 4): 30+30 factors
   params["conv"] = jnp.zeros((1, 1, 8, 4))  # squeezed to (8, 4): 2x1 blocks of 4, 2+2 factors
   params["bias"] = jnp.zeros(4)  # graft only: no factor
-  tx = sops.scale_by_shampoo(block_size=4, start_preconditioning_step=1)
+  tx = sops.scale_by_shampoo(
+    block_size=4, start_preconditioning_step=1, stagger_roots=False, inverse_root="coupled_newton"
+  )
   state = tx.init(params)
   g = jax.tree.map(lambda x: jnp.ones_like(x), params)
   jax.jit(tx.update)(g, state)
@@ -215,7 +221,7 @@ def test_one_root_call_per_block_size_group(monkeypatch):
 
 
 def test_failed_root_keeps_previous_preconditioner_and_counts(monkeypatch):
-  orig = shampoo_mod._linalg.inverse_pth_root
+  orig = roots_mod._linalg.inverse_pth_root
   fail_now = {"on": False}
 
   def failing_first_block(mats, p, *, fallback=None, **kw):
@@ -226,9 +232,11 @@ def test_failed_root_keeps_previous_preconditioner_and_counts(monkeypatch):
     roots = roots.at[0].set(fallback[0])
     return roots, info._replace(failed=failed)
 
-  monkeypatch.setattr(shampoo_mod._linalg, "inverse_pth_root", failing_first_block)
+  monkeypatch.setattr(roots_mod._linalg, "inverse_pth_root", failing_first_block)
   rng = np.random.default_rng(4)
-  tx = sops.scale_by_shampoo(block_size=8, precondition_every=1, start_preconditioning_step=1)
+  tx = sops.scale_by_shampoo(
+    block_size=8, precondition_every=1, start_preconditioning_step=1, inverse_root="eigh"
+  )
   state = tx.init(jnp.zeros((6, 6)))  # L and R: entries 0 and 1 of one stack
   grad = lambda: jnp.asarray(rng.standard_normal((6, 6)), jnp.float32)  # noqa: E731
   for _ in range(3):
@@ -255,6 +263,7 @@ def test_inverse_failure_threshold_accepts_rank_deficient_roots_and_rejects_abov
   for thr, expect_fail in ((1.0, False), (1e-9, True)):
     tx = sops.scale_by_shampoo(
       precondition_every=3,
+      stagger_roots=False,
       start_preconditioning_step=3,
       inverse_root=method,
       inverse_failure_threshold=thr,
@@ -540,7 +549,14 @@ def test_trains_mlp_classifier_below_threshold():
   assert int(state[0].info.root_computations) == 10  # steps 10, 20, ..., 100
 
 
-def test_pmap_split_roots_equal_single_device_in_float64(devices):
+@pytest.mark.parametrize(
+  "root_kw",
+  [
+    pytest.param(dict(stagger_roots=False, inverse_root="coupled_newton"), id="sync-newton"),
+    pytest.param(dict(stagger_roots=True, inverse_root="auto"), id="staggered-tracked-eigh"),
+  ],
+)
+def test_pmap_split_roots_equal_single_device_in_float64(devices, root_kw):
   # 8 devices each compute the roots of their share of the stacks (padded to a multiple of 8) and
   # all-gather them. In float64 the trajectory equals single-device training to ~1e-10: only the
   # batch shape of the root computation differs (see issue 6 on why not float32).
@@ -553,7 +569,11 @@ def test_pmap_split_roots_equal_single_device_in_float64(devices):
       "b": jnp.zeros(7),
     }
     kw = dict(
-      block_size=4, start_preconditioning_step=2, precondition_every=2, statistics_dtype="float64"
+      block_size=4,
+      start_preconditioning_step=2,
+      precondition_every=2,
+      statistics_dtype="float64",
+      **root_kw,
     )
     single = sops.shampoo(1e-2, **kw)
     multi = sops.shampoo(1e-2, axis_name="dev", **kw)
@@ -579,7 +599,8 @@ def test_pmap_split_roots_equal_single_device_in_float64(devices):
       assert a.dtype == jnp.float64
       for d in range(n_dev):
         np.testing.assert_allclose(np.asarray(a[d]), np.asarray(b), rtol=1e-9, atol=1e-10)
-    assert int(s_m[0].info.root_computations[0]) == 3
+    # Synchronous: steps 2, 4, 6. Staggered: a chunk on every step from step 2.
+    assert int(s_m[0].info.root_computations[0]) == (5 if root_kw["stagger_roots"] else 3)
 
 
 _EIGH_SCAN_PROGRAM = """
@@ -595,21 +616,24 @@ def loss(ps):
     x = jnp.tanh(x @ w)
   return jnp.mean((x @ ps[-1] - data) ** 2)
 
-tx = sops.shampoo(3e-3, precondition_every=5, start_preconditioning_step=5, inverse_root="eigh")
+kw = dict(precondition_every=5, start_preconditioning_step=5)
+for name, tx in [
+  ("roots", sops.shampoo(3e-3, inverse_root="eigh", stagger_roots=False, **kw)),
+  ("tracked", sops.shampoo(3e-3, inverse_root="auto", **kw)),  # qr + eigh, staggered
+]:
+  @jax.jit
+  def chunk(ps, s):
+    def body(carry, _):
+      ps, s = carry
+      u, s = tx.update(jax.grad(loss)(ps), s, ps)
+      return (optax.apply_updates(ps, u), s), None
+    return jax.lax.scan(body, (ps, s), None, length=20)[0]
 
-@jax.jit
-def chunk(ps, s):
-  def body(carry, _):
-    ps, s = carry
-    u, s = tx.update(jax.grad(loss)(ps), s, ps)
-    return (optax.apply_updates(ps, u), s), None
-  return jax.lax.scan(body, (ps, s), None, length=20)[0]
-
-ps, s = params, tx.init(params)
-for _ in range(3):
-  ps, s = jax.block_until_ready(chunk(ps, s))
-assert all(bool(jnp.all(jnp.isfinite(p))) for p in ps)
-print("roots", int(s[0].info.root_computations))
+  ps, s = params, tx.init(params)
+  for _ in range(3):
+    ps, s = jax.block_until_ready(chunk(ps, s))
+  assert all(bool(jnp.all(jnp.isfinite(p))) for p in ps)
+  print(name, int(s[0].info.root_computations))
 """
 
 
@@ -632,3 +656,6 @@ def test_eigh_roots_of_many_stacks_inside_scan_finish():
   )
   assert out.returncode == 0, out.stderr[-2000:]
   assert "roots 12" in out.stdout, out.stdout
+  # Staggered: a chunk on every step from step 5, except the 11 steps of phase 4 (no stack has
+  # more than 4 factors, so 4 phases cover every stack).
+  assert "tracked 45" in out.stdout, out.stdout

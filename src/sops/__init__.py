@@ -17,6 +17,7 @@ from sops._src.newton_cg import (
   newton_cg,
   scale_by_newton_cg,
 )
+from sops._src.roots import RootConfig
 from sops._src.shampoo import (
   ScaleByShampooState,
   ShampooInfo,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
   "NewtonCGInfo",
+  "RootConfig",
   "ScaleByNewtonCGState",
   "ScaleByShampooState",
   "ShampooInfo",

@@ -120,7 +120,7 @@ def partition_tree(
   for shape in shapes:
     shape = tuple(int(s) for s in shape)
     squeezed = tuple(d for d in shape if d != 1)
-    if len(squeezed) <= 1:
+    if len(squeezed) <= 1 or 0 in squeezed:  # vectors, scalars and empty leaves: graft only
       merged = squeezed or (1,)
       leaves.append(LeafPartition(shape, merged, merged, (1,) * len(merged), (), 1))
       continue

@@ -18,8 +18,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from sops._src import blocking, grafting, utils
-from sops._src import linalg as _linalg
+from sops._src import blocking, grafting, kronecker, utils
+from sops._src import roots as _roots
 
 _DEFAULT_BLOCK_SIZE = 256
 _DEFAULT_MAX_PRECONDITIONER_DIM = 4096
@@ -28,13 +28,15 @@ _DEFAULT_MAX_PRECONDITIONER_DIM = 4096
 class ShampooInfo(NamedTuple):
   """Diagnostics of :func:`scale_by_shampoo`, updated every step (log them freely)."""
 
-  max_root_error: jax.Array  # shape=(), float32: largest relative residual of the roots that
-  #   succeeded at the last root computation (0 before the first)
+  max_root_error: jax.Array  # shape=(), float32: largest error of the roots accepted at the last
+  #   root computation (0 before the first): the relative residual of
+  #   sops.linalg.inverse_pth_root, or the off-diagonal mass of a tracked eigenbasis
   root_failures: jax.Array  # shape=(), int32: failed block roots since init (each kept its
   #   previous preconditioner)
-  root_computations: jax.Array  # shape=(), int32: number of root computations so far
+  root_computations: jax.Array  # shape=(), int32: steps that computed roots (all or a chunk)
   steps_since_root: jax.Array  # shape=(), int32: steps since the last root computation
-  nonfinite_skips: jax.Array  # shape=(), int32: steps skipped for non-finite gradients
+  nonfinite_skips: jax.Array  # shape=(), int32: steps skipped for non-finite gradients, or for
+  #   statistics or graft moments that would have become non-finite (overflow)
 
 
 class ScaleByShampooState(NamedTuple):
@@ -44,6 +46,10 @@ class ScaleByShampooState(NamedTuple):
   statistics: tuple[jax.Array, ...]  # one (num_factors, size, size) stack per (size, p) group,
   #   statistics_dtype: EMAs of G G^T (and G^T G, ...) of every block
   preconditioners: tuple[jax.Array, ...]  # same shapes and dtype: the inverse p-th roots
+  eigenbases: tuple[jax.Array, ...]  # same shapes and dtype: the tracked eigenbases (warm-started
+  #   eigh roots), or () for other root methods
+  root_steps: tuple[jax.Array, ...]  # one (num_factors,) int32 per stack: step of each factor's
+  #   last accepted root, 0 = none yet (its blocks use the graft direction)
   graft_nu: Any  # tree like params, param dtype promoted to >= float32: the graft's second
   #   moments (Adam/RMSProp/AdaGrad), or () for "sgd"/"none"
   shampoo_momentum: Any  # tree like params, same dtypes: EMA of the grafted direction
@@ -108,31 +114,47 @@ def _check_grad_tree(updates: Any, reference: Any) -> None:
     )
 
 
-def _split_roots(
-  mats: jax.Array, p: int, real: np.ndarray, old: jax.Array, axis_name: str | None, **kw
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Roots of one stack; with ``axis_name`` each device computes its share, then all-gathers."""
-  n, s = mats.shape[0], mats.shape[-1]
-  padded = bool(real.min() < s)
-  if axis_name is None:
-    roots, info = _linalg.inverse_pth_root(
-      mats, p, block_sizes=jnp.asarray(real) if padded else None, fallback=old, **kw
+def _statistics_dtype(statistics_dtype: Any) -> jnp.dtype:
+  if (
+    isinstance(statistics_dtype, (jax.Array, np.ndarray))
+    or callable(statistics_dtype)
+    and (not isinstance(statistics_dtype, type))
+  ):
+    raise ValueError(
+      f"statistics_dtype must be a dtype (with optax.inject_hyperparams pass it as a string or "
+      f"in static_args), got {statistics_dtype!r}."
     )
-    return roots, info.error, info.failed
-  ndev = lax.axis_size(axis_name)
-  per = -(-n // ndev)
-  extra = per * ndev - n
-  eye = jnp.broadcast_to(jnp.eye(s, dtype=mats.dtype), (extra, s, s))
-  mats = jnp.concatenate([mats, eye])
-  old = jnp.concatenate([old, eye])
-  sizes = jnp.asarray(np.concatenate([real, np.full(extra, s)]), jnp.int32)
-  start = lax.axis_index(axis_name) * per
-  take = functools.partial(lax.dynamic_slice_in_dim, start_index=start, slice_size=per)
-  roots, info = _linalg.inverse_pth_root(
-    take(mats), p, block_sizes=take(sizes) if padded else None, fallback=take(old), **kw
-  )
-  gather = functools.partial(lax.all_gather, axis_name=axis_name, tiled=True)
-  return gather(roots)[:n], gather(info.error)[:n], gather(info.failed)[:n]
+  try:
+    sdt = jnp.dtype(statistics_dtype)
+  except TypeError as e:
+    raise ValueError(f"statistics_dtype must be a floating dtype, got {statistics_dtype!r}.") from e
+  if not jnp.issubdtype(sdt, jnp.floating):
+    raise ValueError(f"statistics_dtype must be a floating dtype, got {statistics_dtype!r}.")
+  return sdt
+
+
+def _graft_rescale(yb: jax.Array, graft_blocks: jax.Array) -> jax.Array:
+  """Rescales every block of Shampoo's direction to the norm of the graft's direction there."""
+  axes = tuple(range(1, yb.ndim))
+  gnorm = jnp.sqrt(jnp.sum(jnp.square(graft_blocks), axis=axes, keepdims=True))
+  snorm = jnp.sqrt(jnp.sum(jnp.square(yb), axis=axes, keepdims=True))
+  return yb * (gnorm / jnp.where(snorm > 0, snorm, 1.0))
+
+
+def _momentum(mom_leaves, directions, count, b1, nesterov):
+  """EMA of the directions with Adam-style bias correction (Nesterov optional)."""
+  b1 = jnp.asarray(b1)
+  mom = [
+    (b1 * m + (1.0 - b1) * d).astype(m.dtype) for m, d in zip(mom_leaves, directions, strict=True)
+  ]
+  if nesterov:
+    out = [
+      b1 * m / (1.0 - b1 ** (count + 1)) + (1.0 - b1) * d / (1.0 - b1**count)
+      for m, d in zip(mom, directions, strict=True)
+    ]
+  else:
+    out = [m / (1.0 - b1**count) for m in mom]
+  return out, mom
 
 
 def scale_by_shampoo(
@@ -144,9 +166,11 @@ def scale_by_shampoo(
   eps: jax.typing.ArrayLike = 1e-8,
   matrix_epsilon: jax.typing.ArrayLike = 1e-6,
   precondition_every: jax.typing.ArrayLike = 10,
+  statistics_every: jax.typing.ArrayLike = 1,
+  stagger_roots: bool | None = None,
   start_preconditioning_step: jax.typing.ArrayLike = 10,
   exponent_override: int | None = None,
-  inverse_root: str = "coupled_newton",
+  inverse_root: str | _roots.RootConfig = "auto",
   inverse_failure_threshold: jax.typing.ArrayLike = 1.0,
   nesterov: bool = False,
   max_preconditioner_dim: int | None = None,
@@ -163,8 +187,10 @@ def scale_by_shampoo(
   with :math:`k` preconditioned dimensions gets one factor per dimension, raised to
   :math:`-1/(2k)` (or :math:`-1/p` with ``p = exponent_override``). The roots, with a ridge
   ``matrix_epsilon`` relative to each factor's largest eigenvalue, are recomputed every
-  ``precondition_every`` steps from ``start_preconditioning_step`` on, in one batched
-  :func:`sops.linalg.inverse_pth_root` call per (block size, exponent) group. Each block's direction
+  ``precondition_every`` steps from ``start_preconditioning_step`` on, batched per (block size,
+  exponent) group and by default staggered (a chunk of every group on each step, see
+  ``stagger_roots``); on CPU by ``eigh`` with each factor's eigenbasis tracked from the previous
+  refresh (:class:`sops.RootConfig`). Each block's direction
   is rescaled to the norm of the graft optimizer's direction on that block (``graft``); before
   ``start_preconditioning_step`` the graft direction is used alone. Finally momentum:
   :math:`m \leftarrow b_1 m + (1-b_1) d`, output :math:`m / (1 - b_1^t)` (Nesterov optional).
@@ -187,12 +213,22 @@ def scale_by_shampoo(
     eps: added to the root of the graft's second moment.
     matrix_epsilon: ridge added to each factor before its root, relative to its largest
       eigenvalue.
-    precondition_every: steps between root computations.
-    start_preconditioning_step: first step (counting from 1) that uses Shampoo's direction; the
-      first roots are computed there.
+    precondition_every: steps between two refreshes of a block's root.
+    statistics_every: steps between two statistics updates (``1``: every step; optax-shampoo's
+      ``statistics_compute_steps``). The first step always updates them.
+    stagger_roots: ``True`` refreshes about ``1/precondition_every`` of every stack's roots on
+      each step, round-robin, instead of all roots on one step every ``precondition_every`` steps
+      (``False``); then ``precondition_every`` must be a static int. ``None`` (default) staggers
+      unless ``precondition_every`` is traced (``optax.inject_hyperparams`` without it in
+      ``static_args``). A block uses Shampoo's direction once all its factors have a root, the
+      graft direction before.
+    start_preconditioning_step: first step (counting from 1) that uses Shampoo's direction; root
+      computations start there.
     exponent_override: ``p`` of the roots :math:`X^{-1/p}` for every factor; ``None`` gives
       :math:`2k`.
-    inverse_root: ``"coupled_newton"`` or ``"eigh"`` (method of the inverse roots).
+    inverse_root: ``"auto"``, ``"eigh"``, ``"coupled_newton"`` or a :class:`sops.RootConfig`
+      (method, eigenbasis warm start, tolerances). ``"auto"`` is ``"eigh"`` with a warm-started
+      eigenbasis on CPU and ``"coupled_newton"`` on accelerators.
     inverse_failure_threshold: a block's root fails (keeps its previous preconditioner) when its
       reported error, the relative residual ``info.error`` of
       :func:`sops.linalg.inverse_pth_root`, exceeds this (``> 0``). A residual ``r`` means a
@@ -248,40 +284,37 @@ def scale_by_shampoo(
     "inverse_failure_threshold", inverse_failure_threshold, low=0.0, low_inclusive=False
   )
   _check_number("precondition_every", precondition_every, low=1, integer=True)
+  _check_number("statistics_every", statistics_every, low=1, integer=True)
   _check_number("start_preconditioning_step", start_preconditioning_step, low=1, integer=True)
   utils.check_choice("graft", graft, grafting.GRAFTS)
-  utils.check_choice("inverse_root", inverse_root, ("coupled_newton", "eigh"))
   utils.check_choice("nesterov", nesterov, (True, False))
   utils.check_choice("merge_small_dims", merge_small_dims, (True, False))
+  utils.check_choice("stagger_roots", stagger_roots, (True, False, None))
+  if stagger_roots is None:  # stagger when the chunk size, set by precondition_every, is static
+    stagger_roots = not isinstance(precondition_every, jax.core.Tracer)
+  if stagger_roots:
+    precondition_every = _static_int("precondition_every", precondition_every, None, 1)
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name must be None or a str, got {axis_name!r}.")
-  if (
-    isinstance(statistics_dtype, (jax.Array, np.ndarray))
-    or callable(statistics_dtype)
-    and (not isinstance(statistics_dtype, type))
-  ):
-    raise ValueError(
-      f"statistics_dtype must be a dtype (with optax.inject_hyperparams pass it as a string or "
-      f"in static_args), got {statistics_dtype!r}."
-    )
-  try:
-    sdt = jnp.dtype(statistics_dtype)
-  except TypeError as e:
-    raise ValueError(f"statistics_dtype must be a floating dtype, got {statistics_dtype!r}.") from e
-  if not jnp.issubdtype(sdt, jnp.floating):
-    raise ValueError(f"statistics_dtype must be a floating dtype, got {statistics_dtype!r}.")
-  root_kw = dict(
-    method=inverse_root,
-    ridge_epsilon=matrix_epsilon,
-    relative_ridge=True,
-    fail_threshold=inverse_failure_threshold,
+  cfg = _roots.as_root_config(inverse_root)
+  sdt = _statistics_dtype(statistics_dtype)
+  compute = functools.partial(
+    _roots.compute_roots,
+    cfg=cfg,
+    ridge=matrix_epsilon,
+    threshold=inverse_failure_threshold,
+    precision="float64" if sdt == jnp.float64 else "float32",
   )
-  if sdt == jnp.float64:
-    root_kw["precision"] = "float64"  # roots in the statistics' precision (needs 64-bit JAX)
 
   def plan(leaves) -> blocking.Partition:
     shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
     return _partition(shapes, block_size, max_dim, merge_small_dims, override, num_shards)
+
+  def schedules(part):
+    every = precondition_every if stagger_roots else 1
+    return [
+      _roots.stack_schedule(len(r), num_shards, every, stagger_roots) for r in part.real_sizes
+    ]
 
   def init_fn(params):
     part = plan(jax.tree.leaves(params))
@@ -289,7 +322,9 @@ def scale_by_shampoo(
       jnp.zeros((len(real), s, s), sdt)
       for (s, _), real in zip(part.stack_keys, part.real_sizes, strict=True)
     )
-    roots = tuple(jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=sdt), x.shape) for x in stats)
+
+    def eyes():
+      return tuple(jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=sdt), x.shape) for x in stats)
 
     # Every leaf is a buffer of its own, so that the state can be donated to a jitted step.
     def zero_i():
@@ -298,7 +333,9 @@ def scale_by_shampoo(
     return ScaleByShampooState(
       shampoo_count=zero_i(),
       statistics=stats,
-      preconditioners=roots,
+      preconditioners=eyes(),
+      eigenbases=eyes() if cfg.tracks_basis else (),
+      root_steps=tuple(jnp.zeros(x.shape[:1], jnp.int32) for x in stats),
       graft_nu=grafting.init_graft(graft, params),
       shampoo_momentum=jax.tree.map(
         lambda p: jnp.zeros(jnp.shape(p), grafting.accumulator_dtype(p)), params
@@ -306,116 +343,102 @@ def scale_by_shampoo(
       info=ShampooInfo(jnp.zeros([], jnp.float32), zero_i(), zero_i(), zero_i(), zero_i()),
     )
 
-  def compute_roots(stats, old, part):
-    roots, errs, fails = [], [], []
-    for i, (_, p) in enumerate(part.stack_keys):
-      real = np.asarray(part.real_sizes[i])
+  def refresh_roots(state, stats, count, part):
+    """Root computations of this step: each stack's scheduled chunk, or nothing."""
+    start = jnp.asarray(start_preconditioning_step, jnp.int32)
+    since = count - start
+    if stagger_roots:
+      phase, due = since % precondition_every, since >= 0
+    else:
+      phase = jnp.zeros([], jnp.int32)
+      due = (since >= 0) & (since % jnp.asarray(precondition_every, jnp.int32) == 0)
+    roots, bases = list(state.preconditioners), list(state.eigenbases)
+    steps = list(state.root_steps)
+    errs, fails, any_done = [jnp.zeros([], jnp.float32)], [], jnp.asarray(False)
+    for i, ((_, p), sch) in enumerate(zip(part.stack_keys, schedules(part), strict=True)):
       mats = stats[i]
-      if inverse_root == "eigh" and roots:
-        # jaxlib's CPU eigh splits its batch over the intra-op thread pool and blocks on it, so
-        # two eigh calls running at once can deadlock a small pool (seen on 2 cores, jaxlib
-        # 0.10.2). A data dependency of each stack's input on the previous stack's roots runs
-        # them in turn (an optimization_barrier does not order them on CPU; XLA keeps x * 0 for
-        # floats, as it is NaN for infinite x; the roots are always finite).
-        mats = mats + 0.0 * roots[-1][0, 0, 0].astype(mats.dtype)
-      r, err, failed = _split_roots(mats, p, real, old[i], axis_name, **root_kw)
-      roots.append(r.astype(sdt))
-      errs.append(jnp.max(jnp.where(failed, 0.0, err)))
-      fails.append(jnp.sum(failed, dtype=jnp.int32))
-    return tuple(roots), jnp.max(jnp.stack(errs)).astype(jnp.float32), sum(fails)
+      if cfg.method == "eigh" and i:
+        # jaxlib's CPU eigh/qr split their batch over the intra-op thread pool and block on it,
+        # so two such calls at once can deadlock a small pool (seen on 2 cores, jaxlib 0.10.2):
+        # a data dependency on the previous stack's roots runs the stacks in turn (XLA keeps
+        # x * 0 for floats; the roots are always finite).
+        mats = mats + 0.0 * roots[i - 1][0, 0, 0].astype(mats.dtype)
+      args = (mats, roots[i], bases[i] if bases else None, steps[i], np.asarray(part.real_sizes[i]))
+      run = due & (phase < sch.phases)
 
-  def step(leaves, treedef, state, part):
+      def work(args=args, sch=sch, p=p):
+        fn = functools.partial(compute, p=p)
+        return _roots.refresh_stack(*args, sch, phase, count, fn, axis_name)
+
+      def keep(args=args):
+        return args[1], args[2], args[3], jnp.zeros([], jnp.float32), jnp.zeros([], jnp.int32)
+
+      with jax.named_scope("shampoo_roots"):
+        roots[i], basis, steps[i], err, n_fail = lax.cond(run, work, keep)
+      if bases:
+        bases[i] = basis
+      errs.append(err)
+      fails.append(n_fail)
+      any_done = any_done | run
     info = state.info
+    new_info = info._replace(
+      max_root_error=jnp.where(any_done, jnp.max(jnp.stack(errs)), info.max_root_error),
+      root_failures=info.root_failures + sum(fails),
+      root_computations=jnp.where(
+        any_done, utils.safe_increment(info.root_computations), info.root_computations
+      ),
+      steps_since_root=jnp.where(any_done, 0, utils.safe_increment(info.steps_since_root)),
+    )
+    return tuple(roots), tuple(bases), tuple(steps), new_info
+
+  def directions(leaves, graft_dir, blocks, roots, root_steps, count, part):
+    """Shampoo's direction where a block has all its roots, rescaled to the graft's norm."""
+    use_shampoo = count >= jnp.asarray(start_preconditioning_step, jnp.int32)
+    ready = tuple(s > 0 for s in root_steps)
+    out = []
+    for xb, gd, lp in zip(blocks, graft_dir, part.leaves, strict=True):
+      if not lp.preconditioned:
+        out.append(gd)
+        continue
+      yb = kronecker.precondition(xb, lp, roots).astype(gd.dtype)
+      gb = blocking.to_blocks(gd, lp)
+      if graft != "none":
+        yb = _graft_rescale(yb, gb)
+      ok = use_shampoo & kronecker.blocks_ready(lp, ready)
+      yb = jnp.where(ok.reshape((-1,) + (1,) * (yb.ndim - 1)), yb, gb)
+      out.append(blocking.from_blocks(yb, lp))
+    return out
+
+  def step(leaves, state, part):
     count = utils.safe_increment(state.shampoo_count)
     mom_leaves, mom_def = jax.tree.flatten(state.shampoo_momentum)
     g = [x.astype(m.dtype) for x, m in zip(leaves, mom_leaves, strict=True)]
     nu_leaves, nu_def = jax.tree.flatten(state.graft_nu)
     graft_dir, nu_leaves = grafting.graft_direction(graft, g, nu_leaves, count, b2, eps)
-
-    # Statistics: one batched EMA per stack.
-    blocks = [
-      blocking.to_blocks(x.astype(sdt), lp) if lp.preconditioned else None
-      for x, lp in zip(leaves, part.leaves, strict=True)
-    ]
-    contrib = [[] for _ in part.stack_keys]
-    for xb, lp in zip(blocks, part.leaves, strict=True):
-      for f in lp.factors:
-        contrib[f.stack].append(blocking.factor_statistics(xb, f.dim))
-    for s, c in zip(state.statistics, contrib, strict=True):
-      pad = s.shape[0] - sum(x.shape[0] for x in c)
-      if pad:  # empty entries that round the stack up to a multiple of num_shards
-        c.append(jnp.zeros((pad, *s.shape[1:]), c[0].dtype))
-    w_old, w_new = grafting.ema_weights(b2)
-    stats = tuple(
-      (w_old * s + w_new * jnp.concatenate(c)).astype(sdt)
-      for s, c in zip(state.statistics, contrib, strict=True)
+    blocks = kronecker.to_block_list(leaves, part, sdt)
+    do_stats = (count - 1) % jnp.asarray(statistics_every, jnp.int32) == 0
+    stats = lax.cond(
+      do_stats,
+      lambda: kronecker.update_statistics(state.statistics, blocks, part, b2),
+      lambda: state.statistics,
     )
-
-    # Roots: only on root steps (lax.cond: no root work otherwise).
-    start = jnp.asarray(start_preconditioning_step, jnp.int32)
-    every = jnp.asarray(precondition_every, jnp.int32)
-    do_roots = (count >= start) & ((count - start) % every == 0)
-    if part.stack_keys:
-      with jax.named_scope("shampoo_roots"):
-        roots, max_err, n_fail = lax.cond(
-          do_roots,
-          lambda: compute_roots(stats, state.preconditioners, part),
-          lambda: (state.preconditioners, info.max_root_error, jnp.zeros([], jnp.int32)),
-        )
-    else:
-      roots, max_err, n_fail = (), info.max_root_error, jnp.zeros([], jnp.int32)
-
-    # Direction: Shampoo's, rescaled per block to the graft's norm.
-    use_shampoo = count >= start
-    directions = []
-    for xb, gd, lp in zip(blocks, graft_dir, part.leaves, strict=True):
-      if not lp.preconditioned:
-        directions.append(gd)
-        continue
-      yb = xb
-      for f in lp.factors:
-        yb = blocking.apply_factor(yb, f.dim, roots[f.stack][f.offset : f.offset + lp.num_blocks])
-      yb = yb.astype(gd.dtype)
-      if graft != "none":
-        axes = tuple(range(1, yb.ndim))
-        gnorm = jnp.sqrt(jnp.sum(jnp.square(blocking.to_blocks(gd, lp)), axis=axes, keepdims=True))
-        snorm = jnp.sqrt(jnp.sum(jnp.square(yb), axis=axes, keepdims=True))
-        yb = yb * (gnorm / jnp.where(snorm > 0, snorm, 1.0))
-      directions.append(jnp.where(use_shampoo, blocking.from_blocks(yb, lp), gd))
-
-    # Momentum on the grafted direction.
-    b1f = jnp.asarray(b1)
-    t = count
-    mom = [
-      (b1f * m + (1.0 - b1f) * d).astype(m.dtype)
-      for m, d in zip(mom_leaves, directions, strict=True)
-    ]
-    if nesterov:
-      out = [
-        b1f * m / (1.0 - b1f ** (t + 1)) + (1.0 - b1f) * d / (1.0 - b1f**t)
-        for m, d in zip(mom, directions, strict=True)
-      ]
-    else:
-      out = [m / (1.0 - b1f**t) for m in mom]
-    out = [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)]
-    new_info = ShampooInfo(
-      max_root_error=max_err,
-      root_failures=info.root_failures + n_fail,
-      root_computations=jnp.where(
-        do_roots, utils.safe_increment(info.root_computations), info.root_computations
-      ),
-      steps_since_root=jnp.where(do_roots, 0, utils.safe_increment(info.steps_since_root)),
-      nonfinite_skips=info.nonfinite_skips,
-    )
+    # A huge but finite gradient can overflow G G^T or g^2: such a step is skipped like a
+    # non-finite one, so the state stays usable.
+    finite = kronecker.statistics_finite(stats) & utils.tree_all_finite(nu_leaves)
+    roots, bases, root_steps, info = refresh_roots(state, stats, count, part)
+    dirs = directions(leaves, graft_dir, blocks, roots, root_steps, count, part)
+    out, mom = _momentum(mom_leaves, dirs, count, b1, nesterov)
     new_state = ScaleByShampooState(
       shampoo_count=count,
       statistics=stats,
       preconditioners=roots,
+      eigenbases=bases,
+      root_steps=root_steps,
       graft_nu=jax.tree.unflatten(nu_def, nu_leaves),
       shampoo_momentum=jax.tree.unflatten(mom_def, mom),
-      info=new_info,
+      info=info,
     )
-    return out, new_state
+    return [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)], new_state, finite
 
   def update_fn(updates, state, params=None):
     del params
@@ -430,7 +453,13 @@ def scale_by_shampoo(
       info = state.info._replace(nonfinite_skips=utils.safe_increment(state.info.nonfinite_skips))
       return [jnp.zeros_like(x) for x in leaves], state._replace(info=info)
 
-    out, new_state = lax.cond(finite, lambda: step(leaves, treedef, state, part), skip)
+    def apply():
+      out, new_state, ok = step(leaves, state, part)
+      if axis_name is not None:
+        ok = lax.pmin(ok.astype(jnp.int32), axis_name) > 0
+      return lax.cond(ok, lambda: (out, new_state), skip)
+
+    out, new_state = lax.cond(finite, apply, skip)
     return jax.tree.unflatten(treedef, out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -448,9 +477,11 @@ def shampoo(
   eps: jax.typing.ArrayLike = 1e-8,
   matrix_epsilon: jax.typing.ArrayLike = 1e-6,
   precondition_every: jax.typing.ArrayLike = 10,
+  statistics_every: jax.typing.ArrayLike = 1,
+  stagger_roots: bool | None = None,
   start_preconditioning_step: jax.typing.ArrayLike = 10,
   exponent_override: int | None = None,
-  inverse_root: str = "coupled_newton",
+  inverse_root: str | _roots.RootConfig = "auto",
   inverse_failure_threshold: jax.typing.ArrayLike = 1.0,
   nesterov: bool = False,
   max_preconditioner_dim: int | None = None,
@@ -477,7 +508,9 @@ def shampoo(
     graft: graft optimizer.
     eps: graft epsilon.
     matrix_epsilon: relative ridge of the roots.
-    precondition_every: steps between root computations.
+    precondition_every: steps between root refreshes of a block.
+    statistics_every: steps between statistics updates.
+    stagger_roots: spread the root refreshes over the steps, round-robin.
     start_preconditioning_step: first Shampoo step.
     exponent_override: root exponent override.
     inverse_root: root method.
@@ -523,6 +556,8 @@ def shampoo(
       eps=eps,
       matrix_epsilon=matrix_epsilon,
       precondition_every=precondition_every,
+      statistics_every=statistics_every,
+      stagger_roots=stagger_roots,
       start_preconditioning_step=start_preconditioning_step,
       exponent_override=exponent_override,
       inverse_root=inverse_root,

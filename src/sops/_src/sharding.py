@@ -106,6 +106,8 @@ def shampoo_state_sharding(
       shampoo_count=replicated,
       statistics=stacks(x.statistics),
       preconditioners=stacks(x.preconditioners),
+      eigenbases=stacks(x.eigenbases),
+      root_steps=stacks(x.root_steps),
       graft_nu=_like(x.graft_nu, like_params),
       shampoo_momentum=_like(x.shampoo_momentum, like_params),
       info=jax.tree.map(lambda _: replicated, x.info),

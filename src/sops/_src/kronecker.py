@@ -1,0 +1,103 @@
+# Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
+"""Kronecker-factored statistics and preconditioning of blocked parameters.
+
+The functions here are the parts of Shampoo that act on every step and are shared with the methods
+that reuse Shampoo's statistics (SOAP): cutting a gradient tree into blocks
+(:mod:`sops._src.blocking` decides how), accumulating the per-dimension statistics
+``G_(d) G_(d)^T`` of every block into one stack per ``(size, p)`` group, and multiplying the blocks
+by per-dimension matrices taken from such stacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from sops._src import blocking, grafting
+
+
+def to_block_list(
+  leaves: Sequence[jax.Array], part: blocking.Partition, dtype: jnp.dtype
+) -> list[jax.Array | None]:
+  """Each preconditioned leaf as blocks ``(num_blocks, *block_shape)`` in ``dtype``, else None."""
+  return [
+    blocking.to_blocks(x.astype(dtype), lp) if lp.preconditioned else None
+    for x, lp in zip(leaves, part.leaves, strict=True)
+  ]
+
+
+def factor_contributions(
+  blocks: Sequence[jax.Array | None],
+  part: blocking.Partition,
+  stack_sizes: Sequence[int],
+) -> tuple[jax.Array, ...]:
+  """``G_(d) G_(d)^T`` of every block and factor, concatenated into one array per stack.
+
+  Args:
+    blocks: from :func:`to_block_list`.
+    part: the partition the blocks come from.
+    stack_sizes: number of entries of each stack; entries past the partition's factors (the
+      padding to a multiple of ``num_shards``) get zeros.
+
+  Returns:
+    One ``(stack_size, size, size)`` array per stack.
+  """
+  contrib: list[list[jax.Array]] = [[] for _ in part.stack_keys]
+  for xb, lp in zip(blocks, part.leaves, strict=True):
+    for f in lp.factors:
+      contrib[f.stack].append(blocking.factor_statistics(xb, f.dim))
+  out = []
+  for c, n in zip(contrib, stack_sizes, strict=True):
+    pad = n - sum(x.shape[0] for x in c)
+    if pad:
+      c.append(jnp.zeros((pad, *c[0].shape[1:]), c[0].dtype))
+    out.append(jnp.concatenate(c))
+  return tuple(out)
+
+
+def update_statistics(
+  stats: tuple[jax.Array, ...],
+  blocks: Sequence[jax.Array | None],
+  part: blocking.Partition,
+  b2: jax.typing.ArrayLike,
+) -> tuple[jax.Array, ...]:
+  """EMA (running sum when ``b2 == 1``) of the factor statistics, one batched update per stack."""
+  contrib = factor_contributions(blocks, part, [s.shape[0] for s in stats])
+  w_old, w_new = grafting.ema_weights(b2)
+  return tuple((w_old * s + w_new * c).astype(s.dtype) for s, c in zip(stats, contrib, strict=True))
+
+
+def statistics_finite(stats: tuple[jax.Array, ...]) -> jax.Array:
+  """Scalar bool: every statistic is finite (a huge gradient can overflow ``G G^T``)."""
+  if not stats:
+    return jnp.asarray(True)
+  return jnp.stack([jnp.all(jnp.isfinite(s)) for s in stats]).all()
+
+
+def leaf_factors(
+  lp: blocking.LeafPartition, stacks: tuple[jax.Array, ...]
+) -> list[tuple[int, jax.Array]]:
+  """``(dim, matrices)`` of every factor of a leaf: its ``num_blocks`` entries of each stack."""
+  return [(f.dim, stacks[f.stack][f.offset : f.offset + lp.num_blocks]) for f in lp.factors]
+
+
+def precondition(
+  xb: jax.Array, lp: blocking.LeafPartition, stacks: tuple[jax.Array, ...]
+) -> jax.Array:
+  """Multiplies every block of a leaf by its factor matrices along each preconditioned dimension.
+
+  With roots ``L^{-1/4}, R^{-1/4}`` of a matrix block ``G`` this is ``L^{-1/4} G R^{-1/4}``.
+  """
+  for dim, mats in leaf_factors(lp, stacks):
+    xb = blocking.apply_factor(xb, dim, mats)
+  return xb
+
+
+def blocks_ready(lp: blocking.LeafPartition, ready: tuple[jax.Array, ...]) -> jax.Array:
+  """``(num_blocks,)`` bool: every factor of the block has a root (``ready`` per stack entry)."""
+  out = jnp.ones((lp.num_blocks,), bool)
+  for f in lp.factors:
+    out = out & ready[f.stack][f.offset : f.offset + lp.num_blocks]
+  return out

@@ -171,6 +171,44 @@ def test_cg_flags_nonfinite_products_and_returns_finite_iterate():
   assert bool(jnp.all(jnp.isfinite(x)))
 
 
+@pytest.mark.parametrize("tol", [-1.0, -1e-8, float("nan"), np.float32(-0.5)])
+def test_cg_rejects_negative_or_nan_tol(tol):
+  # tol=-1 used to act like tol=1 (the stop compares tol^2 ||b||^2) and return 0 as "converged".
+  with pytest.raises(ValueError, match="tol"):
+    conjugate_gradient(lambda v: 2.0 * v, jnp.ones(3), tol=tol, maxiter=5)
+
+
+@pytest.mark.parametrize("maxiter", [0, -3, np.int32(0)])
+def test_cg_rejects_static_maxiter_below_one(maxiter):
+  # maxiter=0 used to return x = 0 silently, with no iteration and converged=False.
+  with pytest.raises(ValueError, match="maxiter"):
+    conjugate_gradient(lambda v: 2.0 * v, jnp.ones(3), tol=1e-6, maxiter=maxiter)
+
+
+@pytest.mark.parametrize("at_first_iteration", [True, False])
+def test_cg_treats_exactly_zero_curvature_as_nonpositive(at_first_iteration):
+  # A singular PSD operator with b partly in its null space: d^T A d is exactly 0 at the direction
+  # that lies in the null space. That used to be flagged nonfinite (alpha = rr / 0) and return 0;
+  # the docstring's non-positive-curvature rule applies: b at the first iteration, else the last
+  # iterate with positive curvature.
+  if at_first_iteration:
+    a, b = np.diag([0.0, 0.0, 1.0]), np.array([1.0, 2.0, 0.0])  # b in the null space
+  else:
+    a, b = np.diag([0.0, 1.0, 1.0]), np.array([1.0, 2.0, 0.0])
+  x, info = conjugate_gradient(
+    lambda v: jnp.asarray(a, jnp.float32) @ v, jnp.asarray(b, jnp.float32), tol=1e-6, maxiter=10
+  )
+  assert bool(info.nonpositive_curvature) and not bool(info.nonfinite)
+  assert not bool(info.converged) and float(info.curvature) == 0.0
+  if at_first_iteration:
+    assert int(info.iterations) == 0
+    np.testing.assert_array_equal(x, b)
+  else:
+    # First step along b: alpha = 5 / 4, x1 = 1.25 b; the next direction lies in the null space.
+    assert int(info.iterations) == 1
+    np.testing.assert_allclose(x, 1.25 * b, rtol=1e-6)
+
+
 def test_cg_with_zero_rhs_returns_zero():
   x, info = conjugate_gradient(
     lambda v: {"a": 2.0 * v["a"]}, {"a": jnp.zeros(3)}, tol=1e-3, maxiter=4

@@ -9,6 +9,7 @@ the loop identical across the replicas of a ``pmap``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -94,13 +95,17 @@ def conjugate_gradient(
     matvec: the linear map ``v -> A v`` on pytrees shaped like ``b``; ``A`` must be symmetric.
     b: the right-hand side, any pytree of float arrays.
     x0: optional starting point shaped like ``b`` (default zero).
-    tol: relative residual tolerance, ``>= 0``.
-    maxiter: maximum number of iterations (default ``10 * size(b)``, as scipy's ``cg``); may be a
-      traced integer.
+    tol: relative residual tolerance, ``>= 0`` (a static negative or NaN ``tol`` raises); may be
+      traced.
+    maxiter: maximum number of iterations, ``>= 1`` when a static integer (default
+      ``10 * size(b)``, as scipy's ``cg``); may be a traced integer.
     axis_name: mapped axis over which inner products are averaged, or ``None``.
 
   Returns:
     ``(x, info)``: the approximate solution, shaped like ``b``, and a :class:`CGInfo`.
+
+  Raises:
+    ValueError: if a static ``tol`` is negative or NaN, or a static ``maxiter`` is below 1.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -116,8 +121,11 @@ def conjugate_gradient(
 
     Nocedal, Wright, "Numerical Optimization", 2nd ed., Springer 2006, Algorithms 5.2 and 7.1.
   """
+  utils.check_scalar("tol", tol, low=0.0)  # static values only: a traced tol is not checked
   if maxiter is None:
-    maxiter = 10 * sum(x.size for x in jax.tree.leaves(b))
+    maxiter = max(1, 10 * sum(x.size for x in jax.tree.leaves(b)))
+  elif isinstance(maxiter, numbers.Integral):
+    utils.check_scalar("maxiter", maxiter, low=1, integer=True)
 
   def vdot(u, v):
     return utils.pmean_if(optax.tree.vdot(u, v), axis_name)
@@ -154,8 +162,9 @@ def conjugate_gradient(
     r = optax.tree.add_scale(s.r, -alpha, ad)
     rr = vdot(r, r)
     d = optax.tree.add_scale(r, rr / s.rr, s.d)
-    nonfinite = ~(jnp.isfinite(dad) & jnp.isfinite(rr) & jnp.isfinite(alpha))
-    nonpositive = ~nonfinite & (dad <= 0)
+    # d^T A d = 0 is non-positive curvature (alpha = rr / 0 is not a step), not a non-finite value.
+    nonpositive = jnp.isfinite(dad) & (dad <= 0)
+    nonfinite = ~nonpositive & ~(jnp.isfinite(dad) & jnp.isfinite(rr) & jnp.isfinite(alpha))
     ok = ~(nonfinite | nonpositive)
     curvature = jnp.where(dd > 0, dad / jnp.where(dd > 0, dd, 1), zero).astype(dtype)
     return _CGState(

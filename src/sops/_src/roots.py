@@ -149,6 +149,18 @@ def compute_roots(
   return roots, new_basis, err, failed
 
 
+def after(mats: jax.Array, previous: jax.Array | None) -> jax.Array:
+  """``mats`` made to depend on ``previous`` (a prior stack's roots), so the two run in turn.
+
+  jaxlib's CPU ``eigh``/``qr`` split their batch over the intra-op thread pool and block on it, so
+  two such calls at once can deadlock a small pool (seen on 2 cores, jaxlib 0.10.2). XLA keeps
+  ``x * 0`` for floats (it is NaN for infinite ``x``), and roots are always finite.
+  """
+  if previous is None:
+    return mats
+  return mats + 0.0 * previous[0, 0, 0].astype(mats.dtype)
+
+
 def split_over_devices(fn, mats, old, basis, k_real, axis_name):
   """Runs ``fn`` (:func:`compute_roots` with the static arguments bound) on this device's share of
   the stack and all-gathers the results; without ``axis_name`` on the whole stack."""

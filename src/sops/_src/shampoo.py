@@ -356,13 +356,8 @@ def scale_by_shampoo(
     steps = list(state.root_steps)
     errs, fails, any_done = [jnp.zeros([], jnp.float32)], [], jnp.asarray(False)
     for i, ((_, p), sch) in enumerate(zip(part.stack_keys, schedules(part), strict=True)):
-      mats = stats[i]
-      if cfg.method == "eigh" and i:
-        # jaxlib's CPU eigh/qr split their batch over the intra-op thread pool and block on it,
-        # so two such calls at once can deadlock a small pool (seen on 2 cores, jaxlib 0.10.2):
-        # a data dependency on the previous stack's roots runs the stacks in turn (XLA keeps
-        # x * 0 for floats; the roots are always finite).
-        mats = mats + 0.0 * roots[i - 1][0, 0, 0].astype(mats.dtype)
+      # LAPACK-based stacks run in turn (see roots.after).
+      mats = _roots.after(stats[i], roots[i - 1] if i and cfg.method == "eigh" else None)
       args = (mats, roots[i], bases[i] if bases else None, steps[i], np.asarray(part.real_sizes[i]))
       run = due & (phase < sch.phases)
 

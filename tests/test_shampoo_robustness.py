@@ -1,0 +1,51 @@
+# Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
+"""Shampoo under hostile inputs: overflowing gradients, empty leaves (issue 16, items 1, 4)."""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import sops
+
+
+@pytest.mark.parametrize("spike", [1e30, 1e20, 1e10])
+def test_one_huge_finite_gradient_is_skipped_and_training_recovers(rng, spike):
+  # g * 1e30 overflows g^2 in float32, g * 1e20 the sums in G G^T (entries ~1e19): the step is
+  # skipped and counted, the state stays finite and training goes on. x1e10 does not overflow: it
+  # is applied; like Adam's second moment, the statistics then stay dominated by it for ~1/(1-b2)
+  # steps (slow progress, as with Adam), but every root still succeeds and nothing diverges.
+  x = jnp.asarray(rng.standard_normal((64, 8)), jnp.float32)
+  y = x @ jnp.asarray(rng.standard_normal((8, 4)), jnp.float32)
+
+  def loss(w):
+    return jnp.mean((x @ w - y) ** 2)
+
+  tx = sops.shampoo(1e-2, precondition_every=2, start_preconditioning_step=2)
+  w = jnp.zeros((8, 4))
+  state = tx.init(w)
+  update = jax.jit(tx.update)
+  for t in range(300):
+    g = jax.grad(loss)(w)
+    if t == 50:
+      g = g * spike
+    u, state = update(g, state, w)
+    w = optax.apply_updates(w, u)
+  inner = state[0]
+  assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(inner))
+  skipped = spike > 1e15
+  assert int(inner.info.nonfinite_skips) == (1 if skipped else 0)
+  assert int(inner.info.root_failures) == 0
+  start = float(loss(jnp.zeros((8, 4))))
+  assert float(loss(w)) < (0.05 if skipped else 1.0) * start
+
+
+def test_zero_size_leaves_pass_through():
+  params = {"z": jnp.zeros((0, 3)), "w": jnp.ones((4, 3)), "e": jnp.zeros((5, 0, 2))}
+  tx = sops.shampoo(1e-2, start_preconditioning_step=1)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  assert updates["z"].shape == (0, 3) and updates["e"].shape == (5, 0, 2)
+  assert bool(jnp.all(jnp.isfinite(updates["w"])))
+  assert int(state[0].info.nonfinite_skips) == 0

@@ -13,6 +13,8 @@ the per-step time ratio and optimizer-state bytes over parameter bytes.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import jax
@@ -22,6 +24,9 @@ import optax
 from sklearn.datasets import load_digits
 
 import sops
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
 
 SIZES = (64, 256, 128, 32, 8, 32, 128, 256, 64)
 
@@ -90,10 +95,12 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=1500)
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--eval-every", type=int, default=25)
-  parser.add_argument("--precondition-every", type=int, default=10)
+  parser.add_argument("--precondition-every", type=int, default=None, help="default: sops'")
+  parser.add_argument("--statistics-every", type=int, default=1)
   parser.add_argument("--block-size", type=int, default=256)
+  parser.add_argument("--inverse-root", default="auto", choices=["auto", "coupled_newton", "eigh"])
   parser.add_argument(
-    "--inverse-root", default="coupled_newton", choices=["coupled_newton", "eigh"]
+    "--shampoo-kw", action="append", default=[], metavar="KEY=VALUE", help="more sops.shampoo kw"
   )
   parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
   parser.add_argument("--shampoo-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
@@ -114,11 +121,14 @@ def main() -> None:
   for lr in args.lrs:
     rows.append(("adam", lr, *run(optax.adam(lr), data, args.steps, args.batch, args.eval_every)))
   for lr in args.shampoo_lrs:
+    kw = {"precondition_every": args.precondition_every} if args.precondition_every else {}
     tx = sops.shampoo(
       lr,
-      precondition_every=args.precondition_every,
       block_size=args.block_size,
       inverse_root=args.inverse_root,
+      statistics_every=args.statistics_every,
+      **kw,
+      **_common.parse_kw(args.shampoo_kw),
     )
     rows.append(("shampoo", lr, *run(tx, data, args.steps, args.batch, args.eval_every)))
 

@@ -230,13 +230,12 @@ def scale_by_shampoo(
       (method, eigenbasis warm start, tolerances). ``"auto"`` is ``"eigh"`` with a warm-started
       eigenbasis on CPU and ``"coupled_newton"`` on accelerators.
     inverse_failure_threshold: a block's root fails (keeps its previous preconditioner) when its
-      reported error, the relative residual ``info.error`` of
-      :func:`sops.linalg.inverse_pth_root`, exceeds this (``> 0``). A residual ``r`` means a
-      relative error of about ``r / p`` at first order, and the residual is typically 5-10x
-      the true error; the default ``1.0`` rejects roots off by more than ~``1/p``, not the
-      float32 rounding floor of rank-deficient statistics (measured: coupled Newton reports
-      0.01-0.08 on the benchmark autoencoder's statistics, ``eigh`` 0.07-0.67 for true errors
-      of 0.1-1% and 2-11%).
+      reported error exceeds this (``> 0``). For ``"eigh"`` and ``"coupled_newton"`` that is
+      ``info.error`` of :func:`sops.linalg.inverse_pth_root`, an upper bound on the root's
+      relative error (1x-4.5x the true error at condition 1e6); for a warm-started eigenbasis it
+      is the basis' relative off-diagonal mass (at most ``RootConfig.warm_start_tol``, else a
+      cold ``eigh`` is used). The default ``1.0`` rejects only roots that may be off by their
+      own size, not the float32 rounding floor of rank-deficient statistics (a few percent).
     nesterov: Nesterov momentum.
     max_preconditioner_dim: dimensions above it get no factor (``None``: 4096). Static.
     merge_small_dims: merge adjacent small dimensions. Static.

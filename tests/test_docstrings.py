@@ -45,3 +45,20 @@ def test_public_function_docstring_examples_run(fn):
     runner.run(t)
   result = runner.summarize(verbose=False)
   assert result.failed == 0, f"{_name(fn)}: {result.failed} doctest example(s) failed"
+
+
+PUBLIC_CLASSES = [sops.RootConfig]
+
+
+@pytest.mark.parametrize("cls", PUBLIC_CLASSES, ids=_name)
+def test_public_class_docstring_documents_attributes_and_its_examples_run(cls):
+  doc = inspect.getdoc(cls) or ""
+  for section in ("Attributes:", "Examples:", "References:"):
+    assert section in doc, f"{_name(cls)} docstring lacks {section!r}"
+  globs = {"jax": jax, "jnp": jnp, "np": np, "optax": optax, "sops": sops}
+  runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+  tests = doctest.DocTestFinder(recurse=False).find(cls, _name(cls), globs=globs)
+  assert tests and tests[0].examples
+  for t in tests:
+    runner.run(t)
+  assert runner.summarize(verbose=False).failed == 0

@@ -92,7 +92,11 @@ def test_staggering_spreads_root_work_evenly_over_steps(rng):
   # every window of 5 steps.
   with jax.enable_x64(True):
     tx = sops.scale_by_shampoo(
-      block_size=4, precondition_every=5, start_preconditioning_step=1, statistics_dtype="float64"
+      block_size=4,
+      precondition_every=5,
+      start_preconditioning_step=1,
+      stagger_roots=True,
+      statistics_dtype="float64",
     )
     params = {k: jnp.zeros(s, jnp.float64) for k, s in PARAMS.items()}
     state = tx.init(params)
@@ -127,7 +131,9 @@ def test_staggered_with_every_1_equals_synchronous(rng):
 def test_blocks_use_the_graft_direction_until_all_their_factors_have_roots(rng):
   # Staggered over 50 steps, the 4x4 stack's entries get their first roots one by one: a block's
   # output equals Adam's (graft-only) update until both of its factors have a root.
-  tx = sops.scale_by_shampoo(block_size=4, precondition_every=50, start_preconditioning_step=1)
+  tx = sops.scale_by_shampoo(
+    block_size=4, precondition_every=50, start_preconditioning_step=1, stagger_roots=True
+  )
   graft_only = sops.scale_by_shampoo(block_size=4, start_preconditioning_step=10**6)
   params = {k: jnp.zeros(s) for k, s in PARAMS.items()}
   s1, s2 = tx.init(params), graft_only.init(params)
@@ -179,10 +185,10 @@ def test_statistics_every_trains_and_keeps_the_state_finite(rng):
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
 
 
-def test_root_config_validates_and_auto_picks_warm_eigh_on_cpu():
+def test_root_config_validates_and_auto_picks_eigh_on_cpu():
   assert jax.default_backend() == "cpu"
   cfg = roots_mod.as_root_config("auto")
-  assert cfg.method == "eigh" and cfg.warm_start
+  assert cfg.method == "eigh" and not cfg.warm_start
   assert roots_mod.as_root_config("eigh").warm_start is False
   assert roots_mod.as_root_config(sops.RootConfig("coupled_newton")).method == "coupled_newton"
   for kw, name in [
@@ -215,6 +221,7 @@ def test_warm_started_roots_stay_close_to_exact_roots_during_training(rng):
   tx = sops.scale_by_shampoo(
     precondition_every=2,
     start_preconditioning_step=2,
+    stagger_roots=True,
     merge_small_dims=False,  # a 16x12 matrix: factors 16 and 12, p = 4
     inverse_root=sops.RootConfig("eigh", True),
   )

@@ -34,21 +34,27 @@ class RootConfig:
 
   Attributes:
     method: ``"eigh"`` (eigendecomposition), ``"coupled_newton"`` (matmul-only iteration, see
-      :func:`sops.linalg.inverse_pth_root`) or ``"auto"``: ``"eigh"`` with ``warm_start`` on
-      CPU, where it measured
-      2-6x cheaper than coupled Newton for blocks of 64-256 (``benchmarks/shampoo_step_cost.py``),
-      and ``"coupled_newton"`` on accelerators, whose batched ``eigh`` is slow and whose matmuls are
-      fast.
+      :func:`sops.linalg.inverse_pth_root`) or ``"auto"``: ``"eigh"`` on CPU, where a root
+      refresh measured 1.6-2.4x cheaper than coupled Newton on the transformer benchmark's
+      statistics (``benchmarks/shampoo_step_cost.py``), and ``"coupled_newton"`` on
+      accelerators, whose batched ``eigh`` is slow and whose matmuls are fast (not measured here:
+      no accelerator was available).
     warm_start: with ``"eigh"``, keep each factor's eigenbasis in the state and refine it with one
       QR step of subspace iteration at each refresh instead of a full ``eigh``; blocks whose basis
-      is no longer an eigenbasis to within ``warm_start_tol`` fall back to a cold ``eigh``.
+      is no longer an eigenbasis to within ``warm_start_tol`` fall back to a cold ``eigh`` (one
+      such block makes its whole chunk pay for both). Off by default: on CPU a QR costs half an
+      ``eigh``, and in training the fallbacks made it slower than cold ``eigh`` (measured in
+      ``docs/shampoo.md``); it pays where ``eigh`` is much dearer than QR.
     warm_start_tol: largest accepted relative off-diagonal mass ``||Q^T A Q - diag||_F /
       ||Q^T A Q||_F`` of a refined basis.
     max_iters: most coupled Newton iterations.
 
   Examples:
     >>> import sops
-    >>> tx = sops.shampoo(1e-3, inverse_root=sops.RootConfig("eigh", warm_start=True))
+    >>> cfg = sops.RootConfig("eigh", warm_start=True, warm_start_tol=1e-2)
+    >>> tx = sops.shampoo(1e-3, inverse_root=cfg)
+    >>> sops.RootConfig("auto").resolved().method  # on a CPU backend
+    'eigh'
 
   References:
     Anil, Gupta, Koren, Regan, Singer, "Scalable Second Order Optimization for Deep Learning",
@@ -71,9 +77,8 @@ class RootConfig:
     """This config with ``"auto"`` replaced by the method chosen for the default backend."""
     if self.method != "auto":
       return self
-    if jax.default_backend() == "cpu":
-      return dataclasses.replace(self, method="eigh", warm_start=True)
-    return dataclasses.replace(self, method="coupled_newton")
+    method = "eigh" if jax.default_backend() == "cpu" else "coupled_newton"
+    return dataclasses.replace(self, method=method)
 
   @property
   def tracks_basis(self) -> bool:

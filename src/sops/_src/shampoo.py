@@ -165,9 +165,9 @@ def scale_by_shampoo(
   graft: str = "adam",
   eps: jax.typing.ArrayLike = 1e-8,
   matrix_epsilon: jax.typing.ArrayLike = 1e-6,
-  precondition_every: jax.typing.ArrayLike = 10,
+  precondition_every: jax.typing.ArrayLike = 50,
   statistics_every: jax.typing.ArrayLike = 1,
-  stagger_roots: bool | None = None,
+  stagger_roots: bool = False,
   start_preconditioning_step: jax.typing.ArrayLike = 10,
   exponent_override: int | None = None,
   inverse_root: str | _roots.RootConfig = "auto",
@@ -188,10 +188,9 @@ def scale_by_shampoo(
   :math:`-1/(2k)` (or :math:`-1/p` with ``p = exponent_override``). The roots, with a ridge
   ``matrix_epsilon`` relative to each factor's largest eigenvalue, are recomputed every
   ``precondition_every`` steps from ``start_preconditioning_step`` on, batched per (block size,
-  exponent) group and by default staggered (a chunk of every group on each step, see
-  ``stagger_roots``); on CPU by ``eigh`` with each factor's eigenbasis tracked from the previous
-  refresh (:class:`sops.RootConfig`). Each block's direction
-  is rescaled to the norm of the graft optimizer's direction on that block (``graft``); before
+  exponent) group, all on one step or staggered (a chunk of every group on each step, see
+  ``stagger_roots``); ``inverse_root`` picks the method (:class:`sops.RootConfig`). Each block's
+  direction is rescaled to the norm of the graft optimizer's direction on that block (``graft``); before
   ``start_preconditioning_step`` the graft direction is used alone. Finally momentum:
   :math:`m \leftarrow b_1 m + (1-b_1) d`, output :math:`m / (1 - b_1^t)` (Nesterov optional).
 
@@ -213,22 +212,24 @@ def scale_by_shampoo(
     eps: added to the root of the graft's second moment.
     matrix_epsilon: ridge added to each factor before its root, relative to its largest
       eigenvalue.
-    precondition_every: steps between two refreshes of a block's root.
+    precondition_every: steps between two refreshes of a block's root (default 50: on the
+      transformer benchmark 50 needed as few steps to AdamW's loss as 10, at a fraction of the
+      root cost; see ``docs/shampoo.md``).
     statistics_every: steps between two statistics updates (``1``: every step; optax-shampoo's
       ``statistics_compute_steps``). The first step always updates them.
-    stagger_roots: ``True`` refreshes about ``1/precondition_every`` of every stack's roots on
-      each step, round-robin, instead of all roots on one step every ``precondition_every`` steps
-      (``False``); then ``precondition_every`` must be a static int. ``None`` (default) staggers
-      unless ``precondition_every`` is traced (``optax.inject_hyperparams`` without it in
-      ``static_args``). A block uses Shampoo's direction once all its factors have a root, the
-      graft direction before.
+    stagger_roots: refresh about ``1/precondition_every`` of every stack's roots on each step,
+      round-robin, instead of all roots on one step every ``precondition_every`` steps (then
+      ``precondition_every`` must be a static int). It bounds the slowest step (synchronous
+      data-parallel training runs at its pace) but costs more in total on CPU, where small
+      batched ``eigh`` calls are less efficient (measured in ``docs/shampoo.md``). A block uses
+      Shampoo's direction once all its factors have a root, the graft direction before.
     start_preconditioning_step: first step (counting from 1) that uses Shampoo's direction; root
       computations start there.
     exponent_override: ``p`` of the roots :math:`X^{-1/p}` for every factor; ``None`` gives
       :math:`2k`.
     inverse_root: ``"auto"``, ``"eigh"``, ``"coupled_newton"`` or a :class:`sops.RootConfig`
-      (method, eigenbasis warm start, tolerances). ``"auto"`` is ``"eigh"`` with a warm-started
-      eigenbasis on CPU and ``"coupled_newton"`` on accelerators.
+      (method, eigenbasis warm start, tolerances). ``"auto"`` is ``"eigh"`` on CPU and
+      ``"coupled_newton"`` on accelerators.
     inverse_failure_threshold: a block's root fails (keeps its previous preconditioner) when its
       reported error exceeds this (``> 0``). For ``"eigh"`` and ``"coupled_newton"`` that is
       ``info.error`` of :func:`sops.linalg.inverse_pth_root`, an upper bound on the root's
@@ -288,10 +289,8 @@ def scale_by_shampoo(
   utils.check_choice("graft", graft, grafting.GRAFTS)
   utils.check_choice("nesterov", nesterov, (True, False))
   utils.check_choice("merge_small_dims", merge_small_dims, (True, False))
-  utils.check_choice("stagger_roots", stagger_roots, (True, False, None))
-  if stagger_roots is None:  # stagger when the chunk size, set by precondition_every, is static
-    stagger_roots = not isinstance(precondition_every, jax.core.Tracer)
-  if stagger_roots:
+  utils.check_choice("stagger_roots", stagger_roots, (True, False))
+  if stagger_roots:  # the chunk size depends on precondition_every
     precondition_every = _static_int("precondition_every", precondition_every, None, 1)
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name must be None or a str, got {axis_name!r}.")
@@ -470,9 +469,9 @@ def shampoo(
   graft: str = "adam",
   eps: jax.typing.ArrayLike = 1e-8,
   matrix_epsilon: jax.typing.ArrayLike = 1e-6,
-  precondition_every: jax.typing.ArrayLike = 10,
+  precondition_every: jax.typing.ArrayLike = 50,
   statistics_every: jax.typing.ArrayLike = 1,
-  stagger_roots: bool | None = None,
+  stagger_roots: bool = False,
   start_preconditioning_step: jax.typing.ArrayLike = 10,
   exponent_override: int | None = None,
   inverse_root: str | _roots.RootConfig = "auto",

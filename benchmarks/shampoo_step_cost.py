@@ -22,6 +22,7 @@ with ``precondition_every``. Writes JSON next to a markdown table.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -90,8 +91,10 @@ def main() -> None:
   reps = 5 if args.quick else args.reps
   if args.quick:
     args.train_steps = 30
-  kw = {"precondition_every": 10, **_common.parse_kw(args.shampoo_kw)}
-  every, stats_every = kw["precondition_every"], kw.get("statistics_every", 1)
+  kw = _common.parse_kw(args.shampoo_kw)
+  defaults = inspect.signature(sops.shampoo).parameters
+  every = kw.get("precondition_every", defaults["precondition_every"].default)
+  stats_every = kw.get("statistics_every", defaults["statistics_every"].default)
 
   train_ids, _, vocab, _ = lm.load_text(20)
   model = lm.CharLM(vocab=len(vocab))

@@ -190,9 +190,10 @@ def scale_by_shampoo(
   ``precondition_every`` steps from ``start_preconditioning_step`` on, batched per (block size,
   exponent) group, all on one step or staggered (a chunk of every group on each step, see
   ``stagger_roots``); ``inverse_root`` picks the method (:class:`sops.RootConfig`). Each block's
-  direction is rescaled to the norm of the graft optimizer's direction on that block (``graft``); before
-  ``start_preconditioning_step`` the graft direction is used alone. Finally momentum:
-  :math:`m \leftarrow b_1 m + (1-b_1) d`, output :math:`m / (1 - b_1^t)` (Nesterov optional).
+  direction is rescaled to the norm of the graft optimizer's direction on that block
+  (``graft``); before ``start_preconditioning_step`` the graft direction is used alone. Finally
+  momentum: :math:`m \leftarrow b_1 m + (1-b_1) d`, output :math:`m / (1 - b_1^t)` (Nesterov
+  optional).
 
   Partitioning (static, from the parameter shapes): size-1 dimensions are dropped; leaves of rank
   0 or 1 use the graft direction only; adjacent dimensions are merged while their product stays

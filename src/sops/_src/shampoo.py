@@ -524,7 +524,7 @@ def shampoo(
     >>> import jax, jax.numpy as jnp, optax, sops
     >>> params = jnp.ones((8, 4))
     >>> loss = lambda w: jnp.sum((w - 2.0) ** 2)
-    >>> tx = sops.shampoo(learning_rate=0.1, start_preconditioning_step=1)
+    >>> tx = sops.shampoo(learning_rate=0.1, start_preconditioning_step=1, precondition_every=10)
     >>> state = tx.init(params)
     >>> update = jax.jit(tx.update)
     >>> for _ in range(50):

@@ -100,9 +100,10 @@ def test_staggering_spreads_root_work_evenly_over_steps(rng):
     )
     params = {k: jnp.zeros(s, jnp.float64) for k, s in PARAMS.items()}
     state = tx.init(params)
+    update = jax.jit(tx.update)
     prev = [np.asarray(s) for s in state.root_steps]
     for t, g in enumerate(_grads(rng, 10), start=1):
-      _, state = tx.update(g, state, params)
+      _, state = update(g, state, params)
       now = [np.asarray(s) for s in state.root_steps]
       refreshed = sum(int(np.sum(a != b)) for a, b in zip(now, prev, strict=True))
       assert 0 < refreshed <= 6, (t, refreshed)
@@ -119,9 +120,10 @@ def test_staggered_with_every_1_equals_synchronous(rng):
     )
     params = {k: jnp.zeros(s) for k, s in PARAMS.items()}
     state = tx.init(params)
+    update = jax.jit(tx.update)
     us = []
     for g in grads:
-      u, state = tx.update(jax.tree.map(lambda x: x.astype(jnp.float32), g), state, params)
+      u, state = update(jax.tree.map(lambda x: x.astype(jnp.float32), g), state, params)
       us.append(u)
     outs.append(us)
   for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
@@ -151,9 +153,10 @@ def test_statistics_every_k_updates_statistics_on_steps_1_k_plus_1_(rng):
   state = tx.init(params)
   grads = [{k: jnp.asarray(v, jnp.float32) for k, v in g.items()} for g in _grads(rng, 7)]
   ref = None
+  update = jax.jit(tx.update)
   for t, g in enumerate(grads, start=1):
     before = [np.asarray(s) for s in state.statistics]
-    _, state = tx.update(g, state, params)
+    _, state = update(g, state, params)
     after = [np.asarray(s) for s in state.statistics]
     changed = any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     assert changed == (t % 3 == 1), t

@@ -41,12 +41,10 @@ def _t(a: jax.Array) -> jax.Array:
   return jnp.swapaxes(a, -1, -2)
 
 
-def masked(mats: jax.Array, k_real: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def masked(mats: jax.Array, k_real: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Symmetrised blocks with the padding moved to the top of the spectrum, and the real mask."""
   n = mats.shape[-1]
   a = 0.5 * (mats + _t(mats))
-  if k_real is None:
-    return a, jnp.ones(a.shape, bool)
   real = jnp.arange(n) < k_real[..., None]
   mask2 = real[..., :, None] & real[..., None, :]
   a = jnp.where(mask2, a, 0.0)

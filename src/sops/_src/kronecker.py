@@ -98,6 +98,6 @@ def precondition(
 def blocks_ready(lp: blocking.LeafPartition, ready: tuple[jax.Array, ...]) -> jax.Array:
   """``(num_blocks,)`` bool: every factor of the block has a root (``ready`` per stack entry)."""
   out = jnp.ones((lp.num_blocks,), bool)
-  for f in lp.factors:
-    out = out & ready[f.stack][f.offset : f.offset + lp.num_blocks]
+  for _, entries in leaf_factors(lp, ready):
+    out = out & entries
   return out

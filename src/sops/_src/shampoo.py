@@ -411,14 +411,17 @@ def scale_by_shampoo(
     graft_dir, nu_leaves = grafting.graft_direction(graft, g, nu_leaves, count, b2, eps)
     blocks = kronecker.to_block_list(leaves, part, sdt)
     do_stats = (count - 1) % jnp.asarray(statistics_every, jnp.int32) == 0
-    stats = lax.cond(
-      do_stats,
-      lambda: kronecker.update_statistics(state.statistics, blocks, part, b2),
-      lambda: state.statistics,
-    )
+
     # A huge but finite gradient can overflow G G^T or g^2: such a step is skipped like a
-    # non-finite one, so the state stays usable.
-    finite = kronecker.statistics_finite(stats) & utils.tree_all_finite(nu_leaves)
+    # non-finite one, so the state stays usable. Statistics kept from the last step are finite.
+    def new_statistics():
+      stats = kronecker.update_statistics(state.statistics, blocks, part, b2)
+      return stats, kronecker.statistics_finite(stats)
+
+    stats, finite = lax.cond(
+      do_stats, new_statistics, lambda: (state.statistics, jnp.asarray(True))
+    )
+    finite = finite & utils.tree_all_finite(nu_leaves)
     roots, bases, root_steps, info = refresh_roots(state, stats, count, part)
     dirs = directions(leaves, graft_dir, blocks, roots, root_steps, count, part)
     out, mom = _momentum(mom_leaves, dirs, count, b1, nesterov)

@@ -499,7 +499,7 @@ def test_missing_gauss_newton_pair_raises_type_error():
     (dict(warm_start_decay=1.5), "warm_start_decay"),
     (dict(min_damping=1.0, max_damping=0.5), "max_damping"),
     (dict(damping_adjustment=1.0), "damping_adjustment"),
-    (dict(learning_rate=0.0), "learning_rate"),
+    (dict(learning_rate=-1.0), "learning_rate"),
   ],
 )
 def test_invalid_hyperparameters_raise_value_error_naming_them(kwargs, name):

@@ -7,6 +7,8 @@ Public API:
   (Reiz, Neckel, Bungartz, arXiv:2208.02017; Martens 2010).
 * :func:`sops.shampoo` / :func:`sops.scale_by_shampoo` -- blocked Shampoo
   (Anil, Gupta, Koren, Regan, Singer, arXiv:2002.09018).
+* :func:`sops.soap` / :func:`sops.scale_by_soap` -- Adam in Shampoo's eigenbasis
+  (Vyas et al., arXiv:2409.11321).
 * :mod:`sops.linalg` -- the numerical kernels (batched inverse p-th roots, pytree CG).
 """
 
@@ -25,6 +27,7 @@ from sops._src.shampoo import (
   shampoo,
 )
 from sops._src.sharding import shampoo_state_sharding
+from sops._src.soap import ScaleBySoapState, SoapInfo, scale_by_soap, soap
 
 __version__ = "0.1.0"
 
@@ -33,12 +36,16 @@ __all__ = [
   "RootConfig",
   "ScaleByNewtonCGState",
   "ScaleByShampooState",
+  "ScaleBySoapState",
   "ShampooInfo",
+  "SoapInfo",
   "__version__",
   "linalg",
   "newton_cg",
   "scale_by_newton_cg",
   "scale_by_shampoo",
+  "scale_by_soap",
   "shampoo",
   "shampoo_state_sharding",
+  "soap",
 ]

@@ -199,9 +199,11 @@ def factor_statistics(xb: jax.Array, dim: int) -> jax.Array:
   return jnp.einsum(f"y{a},y{b}->y{a[dim]}Z", xb, xb, precision=jax.lax.Precision.HIGHEST)
 
 
-def apply_factor(xb: jax.Array, dim: int, mats: jax.Array) -> jax.Array:
-  """Batched product along ``dim``: ``y[.., i, ..] = sum_k M[i, k] x[.., k, ..]`` per block."""
+def apply_factor(xb: jax.Array, dim: int, mats: jax.Array, transpose: bool = False) -> jax.Array:
+  """Batched product along ``dim``: ``y[.., i, ..] = sum_k M[i, k] x[.., k, ..]`` per block
+  (``M^T`` in place of ``M`` when ``transpose``)."""
   r = xb.ndim - 1
   a = _letters(r)
   b = a[:dim] + "Z" + a[dim + 1 :]
-  return jnp.einsum(f"y{a[dim]}Z,y{b}->y{a}", mats, xb, precision=jax.lax.Precision.HIGHEST)
+  m = f"yZ{a[dim]}" if transpose else f"y{a[dim]}Z"
+  return jnp.einsum(f"{m},y{b}->y{a}", mats, xb, precision=jax.lax.Precision.HIGHEST)

@@ -75,7 +75,9 @@ def conjugate_gradient(
     \|r_k\| > \mathrm{tol}\,\|b\|, \qquad k < \mathrm{maxiter}, \qquad d_k^\top A d_k > 0,
 
   with :math:`r_k = b - A x_k`. The stop is relative, hence invariant to rescaling ``b`` or ``A``;
-  ``tol=0`` runs exactly ``maxiter`` iterations (unless the residual is exactly zero).
+  ``tol=0`` runs exactly ``maxiter`` iterations (unless the residual is exactly zero). The loop
+  solves for ``b / max|b|`` and scales the solution back, so a huge or tiny but finite ``b`` (a
+  float32 loss times ``1e20`` or ``1e-20``) does not over- or underflow the squared norms.
 
   Non-positive curvature :math:`d_k^\top A d_k \le 0` (``A`` indefinite, as a Hessian away from a
   minimum) stops the loop and returns the last iterate that had positive curvature; when it
@@ -130,6 +132,14 @@ def conjugate_gradient(
   def vdot(u, v):
     return utils.pmean_if(optax.tree.vdot(u, v), axis_name)
 
+  # CG is linear in b: solve for b / scale with scale = max|b|, so that no squared norm over- or
+  # underflows (a float32 loss times 1e20, or times 1e-20, would otherwise give r^T r = inf or 0).
+  b_in = b
+  scale = utils.max_abs(b, axis_name)
+  scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1)
+  b = jax.tree.map(lambda v: v / scale.astype(v.dtype), b)
+  if x0 is not None:
+    x0 = jax.tree.map(lambda v: v / scale.astype(v.dtype), x0)
   bb = vdot(b, b)
   dtype = jnp.result_type(bb)
   tol = jnp.asarray(tol, dtype)
@@ -182,7 +192,7 @@ def conjugate_gradient(
     s = lax.while_loop(cond_fn, body_fn, init)
   # Non-positive curvature at the very first direction: fall back to b (steepest descent).
   first = s.nonpositive & (s.k == 0)
-  x = _select(first, b, s.x)
+  x = _select(first, b_in, jax.tree.map(lambda v: v * scale.astype(v.dtype), s.x))
   relative_residual = jnp.where(bb > 0, jnp.sqrt(s.rr / jnp.where(bb > 0, bb, 1)), zero)
   info = CGInfo(
     iterations=s.k,

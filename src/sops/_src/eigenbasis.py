@@ -68,18 +68,36 @@ def cold_eigenbasis(a: jax.Array) -> Eigenbasis:
   return _rayleigh(a, q)
 
 
-def refined_eigenbasis(a: jax.Array, q: jax.Array) -> Eigenbasis:
-  """One subspace-iteration step from the basis ``q``: ``qr(a q)``, then Rayleigh quotients."""
-  q_new, r = jnp.linalg.qr(_mm(a, q))
+def padding_columns(q: jax.Array, k_real: jax.Array) -> jax.Array:
+  """``(..., n)`` bool: the columns of ``q`` that span the padding (their weight lies there)."""
+  real = jnp.arange(q.shape[-1]) < k_real[..., None]
+  return jnp.sum(jnp.where(real[..., :, None], 0.0, q * q), axis=-2) > 0.5
+
+
+def refined_eigenbasis(a: jax.Array, q: jax.Array, k_real: jax.Array) -> Eigenbasis:
+  """One subspace-iteration step from the basis ``q``: ``qr(a q)``, then Rayleigh quotients.
+
+  The columns are first ordered by decreasing Rayleigh quotient, the padding columns last (they
+  stay at the padding positions): subspace iteration converges to the eigenvectors in that order,
+  so a column that is already an eigenvector keeps its place instead of being pulled towards a
+  larger one by the Gram-Schmidt step.
+  """
+  aq = _mm(a, q)
+  key = jnp.where(padding_columns(q, k_real), -jnp.inf, jnp.sum(q * aq, axis=-2))
+  order = jnp.argsort(-key, axis=-1)[..., None, :]
+  q = jnp.take_along_axis(q, order, axis=-1)
+  q_new, r = jnp.linalg.qr(jnp.take_along_axis(aq, order, axis=-1))
   # Keep each column's orientation (qr's signs are arbitrary): a basis that does not move stays put.
   sign = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0).astype(q.dtype)
   return _rayleigh(a, q_new * sign[..., None, :])
 
 
-def tracked_eigenbasis(a: jax.Array, q_prev: jax.Array, tol: jax.typing.ArrayLike) -> Eigenbasis:
+def tracked_eigenbasis(
+  a: jax.Array, q_prev: jax.Array, tol: jax.typing.ArrayLike, k_real: jax.Array
+) -> Eigenbasis:
   """Refines ``q_prev``; blocks whose off-diagonal mass exceeds ``tol`` (or is not finite) get a
   cold ``eigh`` instead, computed only when at least one block needs it."""
-  warm = refined_eigenbasis(a, q_prev)
+  warm = refined_eigenbasis(a, q_prev, k_real)
   bad = ~(warm.off_diagonal <= tol) | ~jnp.all(jnp.isfinite(warm.vectors), axis=(-1, -2))
 
   def cold():
@@ -101,7 +119,7 @@ def root_from_eigenbasis(
   q = basis.vectors
   real = jnp.diagonal(mask2, axis1=-2, axis2=-1)
   # A column belongs to the padding when its weight lies on the padding coordinates.
-  pad_col = jnp.sum(jnp.where(real[..., :, None], 0.0, q * q), axis=-2) > 0.5
+  pad_col = padding_columns(q, jnp.sum(real, axis=-1))
   w = jnp.where(pad_col, 0.0, basis.values)
   eps = ridge_epsilon * jnp.max(w, axis=-1, keepdims=True)
   scale = jnp.where(pad_col, 0.0, (w + eps) ** (-1.0 / p))

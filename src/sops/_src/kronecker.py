@@ -84,14 +84,18 @@ def leaf_factors(
 
 
 def precondition(
-  xb: jax.Array, lp: blocking.LeafPartition, stacks: tuple[jax.Array, ...]
+  xb: jax.Array,
+  lp: blocking.LeafPartition,
+  stacks: tuple[jax.Array, ...],
+  transpose: bool = False,
 ) -> jax.Array:
   """Multiplies every block of a leaf by its factor matrices along each preconditioned dimension.
 
-  With roots ``L^{-1/4}, R^{-1/4}`` of a matrix block ``G`` this is ``L^{-1/4} G R^{-1/4}``.
+  With roots ``L^{-1/4}, R^{-1/4}`` of a matrix block ``G`` this is ``L^{-1/4} G R^{-1/4}``; with
+  eigenbases ``Q_L, Q_R`` it is ``Q_L G Q_R^T``, and ``Q_L^T G Q_R`` when ``transpose``.
   """
   for dim, mats in leaf_factors(lp, stacks):
-    xb = blocking.apply_factor(xb, dim, mats)
+    xb = blocking.apply_factor(xb, dim, mats, transpose)
   return xb
 
 

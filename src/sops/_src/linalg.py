@@ -351,7 +351,7 @@ def inverse_pth_root(
   utils.check_scalar("max_iters", max_iters, low=1, integer=True)
   if tol is not None:
     utils.check_scalar("tol", tol, low=0.0)
-  utils.check_scalar("fail_threshold", fail_threshold, low=0.0, low_inclusive=False)
+  utils.check_scalar("fail_threshold", fail_threshold, low=0.0, low_inclusive=False, allow_inf=True)
   if precision == "float64" and not jax.config.jax_enable_x64:
     raise ValueError(
       'precision="float64" requires 64-bit JAX: call jax.config.update("jax_enable_x64", True).'

@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
@@ -42,7 +41,13 @@ class NewtonCGInfo(NamedTuple):
     rejected: whether ``adaptive_damping`` rejected the step (``rho <= 0``: the full step did not
       lower the loss), so the update was zero and the damping grew.
     nonfinite: whether the loss, gradient or a curvature product was not finite, so the update
-      was zero and the state kept.
+      was zero and the state kept. Huge or tiny but finite values are not flagged: CG and the
+      damping rule work on rescaled copies.
+    stalled: whether the step cannot lower the loss measurably: its predicted decrease (the
+      quadratic model with ``adaptive_damping``, else ``g . p``) is below ``100 eps |loss|`` in
+      the loss's dtype. Expected at convergence; on every step it means the damping dominates the
+      curvature (for example a loss scaled by ``1e-20`` against ``min_damping``): rescale the loss
+      or lower the damping. The damping is not adapted on such steps.
   """
 
   loss: jax.Array  # shape=(), float32
@@ -54,6 +59,7 @@ class NewtonCGInfo(NamedTuple):
   reduction_ratio: jax.Array  # shape=(), float32
   rejected: jax.Array  # shape=(), bool
   nonfinite: jax.Array  # shape=(), bool
+  stalled: jax.Array  # shape=(), bool
 
 
 class ScaleByNewtonCGState(NamedTuple):
@@ -75,15 +81,6 @@ class ScaleByNewtonCGState(NamedTuple):
   info: NewtonCGInfo
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-  """``maxiter`` may be a Python int or (under ``inject_hyperparams``) an integer array."""
-  if isinstance(value, (jax.Array, np.ndarray)):
-    if not jnp.issubdtype(value.dtype, jnp.integer):
-      raise ValueError(f"{name} must be an integer, got dtype {value.dtype}.")
-    return
-  utils.check_scalar(name, value, low=low, integer=True)
-
-
 def _validate(
   *,
   damping,
@@ -95,13 +92,14 @@ def _validate(
   max_damping,
   damping_adjustment,
 ) -> None:
+  # Numbers and concrete arrays are checked; traced values (inside jit) cannot be.
   utils.check_scalar("damping", damping, low=0.0)
-  _check_int("maxiter", maxiter, 1)
+  utils.check_scalar("maxiter", maxiter, low=1, integer=True)
   utils.check_scalar("tol", tol, low=0.0)
   utils.check_choice("curvature", curvature, _CURVATURES)
   utils.check_scalar("warm_start_decay", warm_start_decay, low=0.0, high=1.0)
   utils.check_scalar("min_damping", min_damping, low=0.0)
-  utils.check_scalar("max_damping", max_damping, low=0.0)
+  utils.check_scalar("max_damping", max_damping, low=0.0, allow_inf=True)
   utils.check_scalar("damping_adjustment", damping_adjustment, low=1.0, low_inclusive=False)
   if isinstance(min_damping, numbers.Real) and isinstance(max_damping, numbers.Real):
     if max_damping < min_damping:
@@ -112,8 +110,36 @@ def _missing(what: str, call: str) -> TypeError:
   return TypeError(f"scale_by_newton_cg.update needs {what}: call {call}.")
 
 
+def _scalar_loss(name: str, fn: Callable[[Any], Any]) -> Callable[[Any], jax.Array]:
+  """``fn`` with its output checked at trace time: a scalar float loss, not ``(loss, aux)``."""
+
+  def checked(p):
+    out = fn(p)
+    if not hasattr(out, "shape") or not hasattr(out, "dtype"):
+      raise ValueError(
+        f"{name} must return a scalar loss, got a {type(out).__name__}; (loss, aux) pairs "
+        f"(has_aux) are not supported: pass lambda params: {name}(params)[0]."
+      )
+    if jnp.shape(out) != ():
+      raise ValueError(
+        f"{name} must return a scalar loss, got shape {jnp.shape(out)}: reduce it (jnp.mean)."
+      )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+      raise ValueError(f"{name} must return a float loss, got dtype {out.dtype}.")
+    return out
+
+  return checked
+
+
 def _select(pred, on_true, on_false):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _unit(tree, axis_name):
+  """``(s, tree / s)`` with ``s = max|tree|`` (1 when zero or not finite): a unit-scaled copy."""
+  s = utils.max_abs(tree, axis_name).astype(_F32)
+  s = jnp.where((s > 0) & jnp.isfinite(s), s, 1)
+  return s, jax.tree.map(lambda x: x / s.astype(x.dtype), tree)
 
 
 def _vdot(u, v, axis_name):
@@ -157,17 +183,57 @@ def _make(
 
     return ScaleByNewtonCGState(
       count=jnp.zeros((), jnp.int32),
-      cg_solution=optax.tree.zeros_like(params) if warm_start else None,
+      cg_solution=optax.tree.zeros_like(utils.float_leaves(params)) if warm_start else None,
       damping=jnp.array(damping, _F32),
       nonfinite_count=jnp.zeros((), jnp.int32),
       info=NewtonCGInfo(
-        zero(), jnp.zeros((), jnp.int32), zero(), zero(), false(), false(), zero(), false(), false()
+        zero(),
+        jnp.zeros((), jnp.int32),
+        zero(),
+        zero(),
+        false(),
+        false(),
+        zero(),
+        false(),
+        false(),
+        false(),
       ),
     )
 
   def update_fn(grads, state, params, value_fn, predict_fn, output_loss_fn):
     if params is None:
       raise _missing("params", "update(grads, state, params, value_fn=loss_fn)")
+    # Int, bool and float0 leaves take no part: the functions close over their values and the
+    # callers pass their gradients through unchanged.
+    full = params
+    grads, params = utils.float_leaves(grads), utils.float_leaves(params)
+    utils.check_grad_tree(
+      grads,
+      params,
+      what="grads",
+      against="params",
+      context="newton_cg: the gradient tree does not match the params",
+    )
+    if warm_start:
+      utils.check_grad_tree(
+        params,
+        state.cg_solution,
+        what="params",
+        against="init params",
+        context="newton_cg: params do not match the params given to init",
+      )
+
+    def on_floats(fn, name):
+      if fn is None:
+        return None
+      f = lambda p: fn(utils.restore_leaves(p, full))  # noqa: E731
+      return f if name is None else _scalar_loss(name, f)
+
+    value_fn = on_floats(value_fn, "value_fn")
+    predict_fn = on_floats(predict_fn, None)
+    output_loss_fn = (
+      None if output_loss_fn is None else _scalar_loss("output_loss_fn", output_loss_fn)
+    )
     if curvature == "hessian":
       if value_fn is None:
         raise _missing(
@@ -198,38 +264,61 @@ def _make(
     g = utils.pmean_if(grads, axis_name)
     bvp = curv.average_over(bvp, axis_name)
     lam = state.damping if adaptive_damping else damping
-    b = jax.tree.map(jnp.negative, g)
+    # CG and the damping rule run in float32 at least: float16's range (6.5e4) is exceeded by the
+    # squared norms of ordinary gradients, and its resolution stalls CG. The curvature product
+    # itself stays in the params' dtype.
+    up = lambda t: jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, _F32)), t)  # noqa: E731
+    matvec = lambda v: up(bvp(optax.tree.cast_like(v, params)))  # noqa: E731
+    g32 = up(g)
+    b = jax.tree.map(jnp.negative, g32)
     x0 = None
     if warm_start:
       decay = jnp.asarray(warm_start_decay)
-      x0 = jax.tree.map(lambda s: decay.astype(s.dtype) * s, state.cg_solution)
+      x0 = jax.tree.map(lambda s: decay.astype(s.dtype) * s, up(state.cg_solution))
     p, cg = conjugate_gradient(
-      curv.add_damping(bvp, lam), b, x0=x0, tol=tol, maxiter=maxiter, axis_name=axis_name
+      curv.add_damping(matvec, lam), b, x0=x0, tol=tol, maxiter=maxiter, axis_name=axis_name
     )
-    p = optax.tree.cast_like(p, params)
 
-    gp = _vdot(g, p, axis_name)
+    # Inner products of g and p are taken on copies scaled to max|x| = 1: with a loss times 1e20
+    # (or gradients times 1e30) g.g and g.p overflow float32 although every input is finite.
+    sg, gh = _unit(g32, axis_name)
+    sp, ph = _unit(p, axis_name)
+    gph = _vdot(gh, ph, axis_name)  # g.p / (sg sp)
     if descent_check:
-      fallback = (gp >= 0) & (_vdot(g, g, axis_name) > 0)
-      p = _select(fallback, optax.tree.cast_like(b, params), p)
-      gp = jnp.where(fallback, -_vdot(g, g, axis_name), gp)
+      fallback = (gph >= 0) & (sg > 0)
+      p = _select(fallback, b, p)
+      sp, ph = _select(fallback, (sg, jax.tree.map(jnp.negative, gh)), (sp, ph))
+      gph = jnp.where(fallback, -_vdot(gh, gh, axis_name), gph)
     else:
       fallback = jnp.asarray(False)
+    p_out = optax.tree.cast_like(p, params)
 
+    value32 = value.astype(_F32)
+    eps = jnp.finfo(jnp.result_type(value)).eps  # the resolution of the loss as computed
+    # Predicted decreases are compared with 100 eps |f| in the same scaled units.
+    resolution = 100 * eps * jnp.abs(value32) / sg / sp
     finite = (
-      jnp.isfinite(value) & utils.tree_all_finite(g) & utils.tree_all_finite(p) & ~cg.nonfinite
+      jnp.isfinite(value32)
+      & utils.tree_all_finite(g32)
+      & utils.tree_all_finite(p_out)
+      & ~cg.nonfinite
+      & jnp.isfinite(gph)
     )
+    # A step whose first-order decrease g.p is below the loss's resolution cannot lower it
+    # measurably (a loss times 1e-20 against an absolute damping of 1, or a converged problem).
+    stalled = finite & ~(gph < -resolution)
     new_lam = jnp.asarray(lam, _F32)
     rho = jnp.zeros((), _F32)
     if adaptive_damping:
       with jax.named_scope("newton_cg_damping"):
-        # Undamped quadratic model m(p) = g.p + p.B.p / 2 (Martens & Sutskever 2012).
-        model = gp + 0.5 * _vdot(p, bvp(p), axis_name)
+        # Undamped quadratic model m(p) = g.p + p.B.p / 2 (Martens & Sutskever 2012), here
+        # m(p) / (sg sp) so that it cannot overflow.
+        model = gph + 0.5 * (sp / sg) * _vdot(ph, matvec(ph), axis_name)
         finite &= jnp.isfinite(model)
-        new_value = utils.pmean_if(loss_fn(optax.tree.add(params, p)), axis_name)
-        eps = jnp.finfo(jnp.result_type(value)).eps
-        measurable = model < -100 * eps * jnp.abs(value)
-        ratio = (new_value - value) / jnp.where(measurable, model, -1)
+        new_value = utils.pmean_if(loss_fn(optax.tree.add(params, p_out)), axis_name)
+        measurable = model < -resolution
+        change = (new_value.astype(_F32) - value32) / sg / sp
+        ratio = change / jnp.where(measurable, model, -1)
         ratio = jnp.where(jnp.isfinite(ratio), ratio, -jnp.inf)
         adj = jnp.asarray(damping_adjustment, _F32)
         proposed = jnp.where(ratio < 0.25, lam * adj, jnp.where(ratio > 0.75, lam / adj, lam))
@@ -240,12 +329,13 @@ def _make(
         rho = jnp.where(measurable, jnp.maximum(ratio, jnp.finfo(_F32).min), 0).astype(_F32)
         # Levenberg-Marquardt step rejection: a full step that does not lower the loss is not taken.
         rejected = finite & measurable & ~(ratio > 0)
+        stalled = finite & ~measurable
     else:
       rejected = jnp.asarray(False)
 
     take = finite & ~rejected
-    update = _select(take, p, optax.tree.zeros_like(p))
-    cg_solution = _select(take, p, state.cg_solution) if warm_start else None
+    update = _select(take, p_out, optax.tree.zeros_like(p_out))
+    cg_solution = _select(take, p_out, state.cg_solution) if warm_start else None
 
     def clean(x, dtype=_F32):
       return jnp.where(finite & jnp.isfinite(x), x, 0).astype(dtype)
@@ -260,6 +350,7 @@ def _make(
       reduction_ratio=clean(rho),
       rejected=rejected,
       nonfinite=~finite,
+      stalled=stalled,
     )
     new_state = ScaleByNewtonCGState(
       count=utils.safe_increment(state.count),
@@ -270,7 +361,7 @@ def _make(
       ),
       info=info,
     )
-    return update, new_state, value, g, loss_fn
+    return update, new_state, value, g, loss_fn, params
 
   return init_fn, update_fn
 
@@ -409,7 +500,7 @@ def scale_by_newton_cg(
   ) -> tuple[optax.Updates, ScaleByNewtonCGState]:
     del extra
     updates, state, *_ = core(grads, state, params, value_fn, predict_fn, output_loss_fn)
-    return updates, state
+    return utils.restore_leaves(updates, grads), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -487,7 +578,7 @@ def newton_cg(
 
     Nocedal, Wright, "Numerical Optimization", 2nd ed., Springer 2006, Section 7.1.
   """
-  utils.check_scalar("learning_rate", learning_rate, low=0.0, low_inclusive=False)
+  utils.check_scalar("learning_rate", learning_rate, low=0.0)  # 0 is accepted, as in optax
   if linesearch is not None and not isinstance(linesearch, optax.GradientTransformation):
     raise TypeError(
       "linesearch must be an optax line search such as "
@@ -511,8 +602,11 @@ def newton_cg(
   ls_tx = None if linesearch is None else optax.with_extra_args_support(linesearch)
 
   def init_fn(params: optax.Params) -> tuple[Any, ...]:
-    ls_state = optax.EmptyState() if ls_tx is None else ls_tx.init(params)
-    return (init_ncg(params), lr_tx.init(params), ls_state)
+    floats = utils.float_leaves(params)
+    ls_state = optax.EmptyState() if ls_tx is None else ls_tx.init(floats)
+    # Strong types throughout: optax's line searches start with weakly typed ints that their
+    # update makes strong, which would make a jitted step compile twice.
+    return utils.strong_types((init_ncg(params), lr_tx.init(floats), ls_state))
 
   def update_fn(
     grads: optax.Updates,
@@ -526,17 +620,18 @@ def newton_cg(
   ) -> tuple[optax.Updates, tuple[Any, ...]]:
     del extra  # value/grad are recomputed by the Newton step; others are not ours.
     ncg_state, lr_state, ls_state = state
-    updates, ncg_state, value, g, loss_fn = core(
+    updates, ncg_state, value, g, loss_fn, floats = core(
       grads, ncg_state, params, value_fn, predict_fn, output_loss_fn
     )
-    updates, lr_state = lr_tx.update(updates, lr_state, params)
+    updates, lr_state = lr_tx.update(updates, lr_state, floats)
     if ls_tx is not None:
       ls_value_fn = loss_fn
       if axis_name is not None:
         ls_value_fn = lambda p: lax.pmean(loss_fn(p), axis_name)  # noqa: E731
       updates, ls_state = ls_tx.update(
-        updates, ls_state, params, value=value, grad=g, value_fn=ls_value_fn
+        updates, ls_state, floats, value=value, grad=g, value_fn=ls_value_fn
       )
-    return updates, (ncg_state, lr_state, ls_state)
+    state = utils.strong_types((ncg_state, lr_state, ls_state))
+    return utils.restore_leaves(updates, grads), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -145,7 +145,7 @@ def compute_roots(
     )
     return roots, None, info.error, info.failed
   a, mask2 = eigenbasis.masked(mats, k_real)
-  found = eigenbasis.tracked_eigenbasis(a, basis, cfg.warm_start_tol)
+  found = eigenbasis.tracked_eigenbasis(a, basis, cfg.warm_start_tol, k_real)
   x = eigenbasis.root_from_eigenbasis(found, p, ridge, mask2)
   err = jnp.where(jnp.all(jnp.isfinite(x), axis=(-1, -2)), found.off_diagonal, jnp.inf)
   failed = ~(err <= threshold)

@@ -84,34 +84,11 @@ def _static_int(name: str, value: Any, default: int | None, low: int) -> int | N
 
 
 def _check_number(name: str, value: Any, *, integer: bool = False, **kw) -> None:
-  if isinstance(value, (jax.Array, np.ndarray)):
-    return  # an injected hyperparameter (array): not checked statically
+  # Concrete arrays (``jnp.array(0.9)``) are checked too; traced ones are not (see check_scalar).
   utils.check_scalar(name, value, integer=integer, **kw)
 
 
-def _check_grad_tree(updates: Any, reference: Any) -> None:
-  """Raises ``ValueError`` naming the first path where ``updates`` differs from the params."""
-  got = jax.tree_util.tree_flatten_with_path(updates)[0]
-  want = jax.tree_util.tree_flatten_with_path(reference)[0]
-  for (pg, g), (pw, w) in zip(got, want, strict=False):
-    kg, kw = jax.tree_util.keystr(pg), jax.tree_util.keystr(pw)
-    if kg != kw:
-      raise ValueError(
-        f"The gradient tree does not match the parameters given to init: first mismatch at "
-        f"gradient path {kg!r} vs parameter path {kw!r}."
-      )
-    if jnp.shape(g) != jnp.shape(w):
-      raise ValueError(
-        f"The gradient tree does not match the parameters given to init: at path {kg!r} the "
-        f"gradient has shape {jnp.shape(g)} but the parameter has shape {jnp.shape(w)}."
-      )
-  if len(got) != len(want):
-    longer, which = (got, "gradient") if len(got) > len(want) else (want, "parameter")
-    path = jax.tree_util.keystr(longer[min(len(got), len(want))][0])
-    raise ValueError(
-      f"The gradient tree does not match the parameters given to init: {len(got)} gradient "
-      f"leaves vs {len(want)} parameter leaves; first unmatched {which} path {path!r}."
-    )
+_check_grad_tree = utils.check_grad_tree  # kept importable from here
 
 
 def _statistics_dtype(statistics_dtype: Any) -> jnp.dtype:
@@ -282,7 +259,11 @@ def scale_by_shampoo(
   _check_number("eps", eps, low=0.0)
   _check_number("matrix_epsilon", matrix_epsilon, low=0.0)
   _check_number(
-    "inverse_failure_threshold", inverse_failure_threshold, low=0.0, low_inclusive=False
+    "inverse_failure_threshold",
+    inverse_failure_threshold,
+    low=0.0,
+    low_inclusive=False,
+    allow_inf=True,
   )
   _check_number("precondition_every", precondition_every, low=1, integer=True)
   _check_number("statistics_every", statistics_every, low=1, integer=True)
@@ -316,6 +297,7 @@ def scale_by_shampoo(
     ]
 
   def init_fn(params):
+    params = utils.float_leaves(params)  # int/bool leaves are passed through by update_fn
     part = plan(jax.tree.leaves(params))
     stats = tuple(
       jnp.zeros((len(real), s, s), sdt)
@@ -439,6 +421,7 @@ def scale_by_shampoo(
 
   def update_fn(updates, state, params=None):
     del params
+    original, updates = updates, utils.float_leaves(updates)  # int and float0 leaves pass through
     _check_grad_tree(updates, state.shampoo_momentum)
     leaves, treedef = jax.tree.flatten(updates)
     part = plan(leaves)
@@ -457,7 +440,7 @@ def scale_by_shampoo(
       return lax.cond(ok, lambda: (out, new_state), skip)
 
     out, new_state = lax.cond(finite, apply, skip)
-    return jax.tree.unflatten(treedef, out), new_state
+    return utils.restore_leaves(jax.tree.unflatten(treedef, out), original), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -541,8 +524,7 @@ def shampoo(
     arXiv:2002.09018. Loshchilov, Hutter, "Decoupled Weight Decay Regularization",
     arXiv:1711.05101.
   """
-  if not callable(learning_rate):
-    _check_number("learning_rate", learning_rate, low=0.0)
+  _check_number("learning_rate", learning_rate, low=0.0)  # 0 is accepted, as in optax
   _check_number("weight_decay", weight_decay, low=0.0)
   parts = [
     scale_by_shampoo(
@@ -570,4 +552,4 @@ def shampoo(
   if not (isinstance(weight_decay, numbers.Real) and weight_decay == 0.0):
     parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))
-  return optax.chain(*parts)
+  return utils.pass_through_non_float(optax.chain(*parts))

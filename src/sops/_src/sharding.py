@@ -15,10 +15,11 @@ from jax.sharding import AxisType, Mesh, NamedSharding, Sharding
 from jax.sharding import PartitionSpec as P
 
 from sops._src.shampoo import ScaleByShampooState
+from sops._src.soap import ScaleBySoapState
 
 
 def _is_shampoo(x: Any) -> bool:
-  return isinstance(x, ScaleByShampooState)
+  return isinstance(x, (ScaleByShampooState, ScaleBySoapState))
 
 
 def _like(tree: Any, sharding: Any) -> Any:
@@ -37,12 +38,13 @@ def shampoo_state_sharding(
 ) -> Any:
   r"""Shardings for an optimizer state holding Shampoo states: block stacks split over ``axis``.
 
-  Every :class:`sops.ScaleByShampooState` inside ``state`` (alone, or inside ``optax.chain``,
-  ``inject_hyperparams``, ``MultiSteps`` ...) gets ``PartitionSpec(axis)`` on its stacked
-  statistics and preconditioners, so under ``jit`` with these shardings each device stores and
-  computes the inverse roots of ``1/N`` of the blocks (``N = mesh.shape[axis]``); XLA partitions
-  the batched root computation along the stack. The graft moments and momentum, shaped like the
-  parameters, get ``params_sharding`` (replicated when ``None``), and every other leaf is
+  Every :class:`sops.ScaleByShampooState` and :class:`sops.ScaleBySoapState` inside ``state``
+  (alone, or inside ``optax.chain``, ``inject_hyperparams``, ``MultiSteps`` ...) gets
+  ``PartitionSpec(axis)`` on its stacked statistics and preconditioners (SOAP: eigenbases), so
+  under ``jit`` with these shardings each device stores and computes the inverse roots (SOAP: the
+  basis refreshes) of ``1/N`` of the blocks (``N = mesh.shape[axis]``); XLA partitions the batched
+  computation along the stack. The graft moments and momentum (SOAP's Adam moments), shaped like
+  the parameters, get ``params_sharding`` (replicated when ``None``), and every other leaf is
   replicated. Each stack must split evenly: build the optimizer with ``num_shards=N`` (stacks are
   padded with empty blocks to a multiple of ``N``). ``axis`` must be an ``AxisType.Auto`` mesh axis
   (the sharding-in-types ``Explicit`` mode is not supported yet).
@@ -102,6 +104,15 @@ def shampoo_state_sharding(
     if not _is_shampoo(x):
       return jax.tree.map(lambda _: replicated, x)
     like_params = replicated if params_sharding is None else params_sharding
+    if isinstance(x, ScaleBySoapState):
+      return ScaleBySoapState(
+        soap_count=replicated,
+        soap_statistics=stacks(x.soap_statistics),
+        soap_eigenbases=stacks(x.soap_eigenbases),
+        soap_mu=_like(x.soap_mu, like_params),
+        soap_nu=_like(x.soap_nu, like_params),
+        info=jax.tree.map(lambda _: replicated, x.info),
+      )
     return ScaleByShampooState(
       shampoo_count=replicated,
       statistics=stacks(x.statistics),

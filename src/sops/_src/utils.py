@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 from jax import lax
 
 
@@ -33,6 +36,18 @@ def tree_all_finite(tree: Any) -> jax.Array:
   return jnp.stack(leaves).all()
 
 
+def max_abs(tree: Any, axis_name: str | None = None) -> jax.Array:
+  """The largest ``|x|`` over all leaves (0 for no elements), maxed over ``axis_name`` if set.
+
+  An overflow-free scale for a tree: unlike the Euclidean norm it never squares the entries.
+  """
+  leaves = [jnp.max(jnp.abs(x)) for x in jax.tree.leaves(tree) if jnp.size(x)]
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  m = jnp.max(jnp.stack([x.astype(jnp.result_type(*leaves)) for x in leaves]))
+  return m if axis_name is None else lax.pmax(m, axis_name)
+
+
 def safe_increment(count: jax.Array) -> jax.Array:
   """Increments an int32 counter, saturating at the int32 maximum instead of wrapping."""
   max_int = jnp.iinfo(count.dtype).max
@@ -52,22 +67,41 @@ def check_scalar(
   low_inclusive: bool = True,
   high_inclusive: bool = True,
   integer: bool = False,
+  allow_inf: bool = False,
 ) -> None:
-  """Raises ``ValueError`` naming ``name`` when a static hyperparameter is out of range.
+  """Raises ``ValueError`` naming ``name`` when a hyperparameter is out of range or not a number.
 
-  Traced values and callables (schedules, ``inject_hyperparams`` arrays) are not checked:
-  only Python/NumPy numbers are, since only they are known at construction.
+  Python/NumPy numbers and concrete arrays (``jnp.array(0.9)``, and the arrays
+  ``optax.inject_hyperparams`` holds outside ``jit``) are checked elementwise; ``inf`` is
+  rejected unless ``allow_inf``. Callables (schedules) and traced values are not checked: a traced
+  value is only known inside ``jit``, where raising is impossible.
   """
-  if callable(value):
+  if callable(value) or isinstance(value, jax.core.Tracer):
+    return
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    arr = np.asarray(value)
+    kind = "an integer" if integer else "a number"
+    if integer and not np.issubdtype(arr.dtype, np.integer):
+      raise ValueError(f"{name} must be {kind}, got an array of dtype {arr.dtype}.")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+      raise ValueError(f"{name} must be {kind}, got an array of dtype {arr.dtype}.")
+    for v in arr.reshape(-1).tolist():
+      _check_number(name, v, low, high, low_inclusive, high_inclusive, allow_inf)
     return
   if integer:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
       raise ValueError(f"{name} must be an integer, got {value!r}.")
   if not _is_static_number(value):
-    return
+    raise ValueError(f"{name} must be a number, got {value!r} of type {type(value).__name__}.")
+  _check_number(name, value, low, high, low_inclusive, high_inclusive, allow_inf)
+
+
+def _check_number(name, value, low, high, low_inclusive, high_inclusive, allow_inf) -> None:
   v = float(value)
   if v != v:  # NaN
     raise ValueError(f"{name} must be a number, got {value!r}.")
+  if not allow_inf and math.isinf(v):
+    raise ValueError(f"{name} must be finite, got {value!r}.")
   if low is not None and (v < low or (v == low and not low_inclusive)):
     op = ">=" if low_inclusive else ">"
     raise ValueError(f"{name} must be {op} {low}, got {value!r}.")
@@ -80,3 +114,87 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
   """Raises ``ValueError`` naming ``name`` when ``value`` is not one of ``choices``."""
   if value not in choices:
     raise ValueError(f"{name} must be one of {choices!r}, got {value!r}.")
+
+
+def check_grad_tree(
+  updates: Any,
+  reference: Any,
+  *,
+  what: str = "gradient",
+  against: str = "parameter",
+  context: str = "The gradient tree does not match the parameters given to init",
+) -> None:
+  """Raises ``ValueError`` naming the first path where ``updates`` differs from ``reference``.
+
+  ``what`` and ``against`` name the two trees in the message (``"gradient"`` vs ``"parameter"``);
+  ``context`` opens it. Paths are compared as ``jax.tree_util.keystr`` strings, then shapes.
+  """
+  got = jax.tree_util.tree_flatten_with_path(updates)[0]
+  want = jax.tree_util.tree_flatten_with_path(reference)[0]
+  for (pg, g), (pw, w) in zip(got, want, strict=False):
+    kg, kw = jax.tree_util.keystr(pg), jax.tree_util.keystr(pw)
+    if kg != kw:
+      raise ValueError(f"{context}: first mismatch at {what} path {kg!r} vs {against} path {kw!r}.")
+    if jnp.shape(g) != jnp.shape(w):
+      raise ValueError(
+        f"{context}: at path {kg!r} the {what} leaf has shape {jnp.shape(g)} but the {against} "
+        f"leaf has shape {jnp.shape(w)}."
+      )
+  if len(got) != len(want):
+    longer, which = (got, what) if len(got) > len(want) else (want, against)
+    path = jax.tree_util.keystr(longer[min(len(got), len(want))][0])
+    raise ValueError(
+      f"{context}: {len(got)} {what} leaves vs {len(want)} {against} leaves; first unmatched "
+      f"{which} path {path!r}."
+    )
+
+
+def is_float_leaf(x: Any) -> bool:
+  """Whether ``x`` has an inexact (floating or complex) dtype; int, bool and float0 do not."""
+  dtype = x.dtype if hasattr(x, "dtype") else jnp.result_type(x)
+  return bool(jnp.issubdtype(dtype, jnp.inexact))
+
+
+def float_leaves(tree: Any) -> Any:
+  """``tree`` with every non-float leaf (int, bool, ``float0`` gradients) replaced by ``None``."""
+  return jax.tree.map(lambda x: x if is_float_leaf(x) else None, tree)
+
+
+def restore_leaves(filtered: Any, original: Any) -> Any:
+  """Fills the ``None`` holes that :func:`float_leaves` made in ``filtered`` from ``original``."""
+  return jax.tree.map(
+    lambda f, o: o if f is None else f, filtered, original, is_leaf=lambda x: x is None
+  )
+
+
+def strong_types(tree: Any) -> Any:
+  """``tree`` with weakly typed leaves made strongly typed (same dtype), so that the types of an
+  optimizer state do not change between ``init`` and ``update`` (which would retrace ``jit``)."""
+
+  def strong(x):
+    if isinstance(x, jax.Array) and getattr(x, "weak_type", False):
+      return jnp.asarray(x, x.dtype)
+    return x
+
+  return jax.tree.map(strong, tree)
+
+
+def pass_through_non_float(tx: Any) -> Any:
+  """Wraps an optax ``GradientTransformation`` so that int, bool and ``float0`` leaves are passed
+  through unchanged (as ``optax.masked`` does for masked-out leaves) instead of reaching ``tx``.
+
+  ``tx.init`` sees only the float leaves of the params; ``update`` returns the gradient of a
+  non-float leaf unchanged (a ``float0`` gradient from ``jax.grad(..., allow_int=True)`` stays
+  ``float0``).
+  """
+
+  def init_fn(params):
+    return tx.init(float_leaves(params))
+
+  def update_fn(updates, state, params=None, **extra):
+    out, state = tx.update(
+      float_leaves(updates), state, None if params is None else float_leaves(params), **extra
+    )
+    return restore_leaves(out, updates), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

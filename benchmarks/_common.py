@@ -318,7 +318,7 @@ def write_results(
 # ----------------------------------------------------------------------------------------------
 # The optimizer comparison shared by the time-to-target benchmarks.
 
-OPTIMIZERS = ("adamw", "shampoo", "muon")
+OPTIMIZERS = ("adamw", "shampoo", "soap", "muon")
 
 
 def add_protocol_args(
@@ -328,14 +328,15 @@ def add_protocol_args(
   parser.add_argument("--steps", type=int, default=steps, help="training steps per run")
   parser.add_argument("--eval-every", type=int, default=eval_every, help="steps between evals")
   for kind in OPTIMIZERS:
+    grid = list(lrs.get(kind, lrs["adamw"]))
     parser.add_argument(
-      f"--lrs-{kind}", type=float, nargs="+", default=list(lrs[kind]), help=f"{kind} lr grid"
+      f"--lrs-{kind}", type=float, nargs="+", default=grid, help=f"{kind} lr grid"
     )
   parser.add_argument("--weight-decay", type=float, default=0.01, help="for every optimizer")
   parser.add_argument(
     "--optimizers",
     default=",".join(OPTIMIZERS),
-    help="comma-separated subset of adamw,shampoo,muon",
+    help=f"comma-separated subset of {','.join(OPTIMIZERS)}",
   )
   parser.add_argument(
     "--shampoo-kw",
@@ -345,6 +346,9 @@ def add_protocol_args(
     help="extra sops.shampoo keyword (value by ast.literal_eval); repeatable",
   )
   parser.add_argument(
+    "--soap-kw", action="append", default=[], metavar="KEY=VALUE", help="extra sops.soap keyword"
+  )
+  parser.add_argument(
     "--muon-kw", action="append", default=[], metavar="KEY=VALUE", help="extra muon keyword"
   )
   parser.add_argument(
@@ -352,7 +356,10 @@ def add_protocol_args(
     action="append",
     default=[],
     metavar="NAME:KEY=VALUE,...",
-    help="extra Shampoo row NAME: --shampoo-kw plus these keywords (lrs=[...] overrides the grid)",
+    help=(
+      "extra row NAME of optimizer=shampoo (default) or soap: that optimizer's --*-kw plus these "
+      "keywords (lrs=[...] overrides the grid)"
+    ),
   )
   parser.add_argument("--seed", type=int, default=0, help="init and batch-sampling seed")
   parser.add_argument(
@@ -376,7 +383,8 @@ def make_optimizer(
   kw: dict[str, Any],
   muon_dims: Callable | None = None,
 ) -> optax.GradientTransformation:
-  """``adamw``, ``shampoo`` (``sops.shampoo``) or ``muon`` (``optax.contrib.muon``) on the schedule.
+  """``adamw``, ``shampoo`` (``sops.shampoo``), ``soap`` (``sops.soap``) or ``muon``
+  (``optax.contrib.muon``) on the schedule.
 
   Weight decay is multiplied by the scheduled learning rate in all three (optax's convention).
   Muon: ``muon_dims`` (``muon_weight_dimension_numbers``) picks the matrices it orthogonalises, the
@@ -389,6 +397,10 @@ def make_optimizer(
     import sops  # noqa: PLC0415 (only the shampoo rows need it)
 
     return sops.shampoo(schedule, weight_decay=weight_decay, **kw)
+  if kind == "soap":
+    import sops  # noqa: PLC0415
+
+    return sops.soap(schedule, weight_decay=weight_decay, **kw)
   if kind == "muon":
     kw = {"adam_weight_decay": weight_decay, "muon_weight_dimension_numbers": muon_dims, **kw}
     return optax.contrib.muon(schedule, weight_decay=weight_decay, **kw)
@@ -403,15 +415,21 @@ def optimizer_configs(args) -> list[dict[str, Any]]:
       raise SystemExit(f"--optimizers: unknown {k!r}; choose from {','.join(OPTIMIZERS)}")
   if "adamw" not in kinds:
     raise SystemExit("--optimizers must include adamw: its best final loss is the target")
-  shampoo_kw, muon_kw = parse_kw(args.shampoo_kw), parse_kw(args.muon_kw)
+  kind_kw = {
+    "shampoo": parse_kw(args.shampoo_kw),
+    "soap": parse_kw(args.soap_kw),
+    "muon": parse_kw(args.muon_kw),
+  }
   groups = []  # (label, kind, lrs, kw)
   for k in kinds:
-    kw = {"shampoo": shampoo_kw, "muon": muon_kw}.get(k, {})
-    groups.append((k, k, getattr(args, f"lrs_{k}"), kw))
+    groups.append((k, k, getattr(args, f"lrs_{k}"), kind_kw.get(k, {})))
   for spec in args.variant:
     name, kw = parse_variant(spec)
-    lrs = kw.pop("lrs", args.lrs_shampoo)
-    groups.append((name, "shampoo", list(np.atleast_1d(lrs)), {**shampoo_kw, **kw}))
+    kind = kw.pop("optimizer", "shampoo")
+    if kind not in ("shampoo", "soap"):
+      raise SystemExit(f"--variant {name}: optimizer must be shampoo or soap, got {kind!r}")
+    lrs = kw.pop("lrs", getattr(args, f"lrs_{kind}"))
+    groups.append((name, kind, list(np.atleast_1d(lrs)), {**kind_kw[kind], **kw}))
   labels = [g[0] for g in groups]
   if len(set(labels)) != len(labels):
     raise SystemExit(f"duplicate row names {labels}; give each --variant its own name")

@@ -110,6 +110,7 @@ def main() -> None:
   if args.quick:
     args.steps, args.eval_every, args.timing_steps = 100, 25, 20
     args.lrs_adamw, args.lrs_shampoo, args.lrs_muon = [3e-3], [3e-3], [1e-2]
+    args.lrs_soap = [3e-3]
 
   digits = load_digits()
   x = (digits.data / 16.0).astype(np.float32)

@@ -1,5 +1,5 @@
 # Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
-"""AdamW vs Shampoo vs Muon: time to AdamW's best loss on a small character-level transformer LM.
+"""AdamW vs Shampoo vs SOAP vs Muon: time to AdamW's best loss on a small character-level transformer LM.
 
 Model: decoder-only transformer (Flax linen), 2 layers, d_model 128, 4 heads, MLP 4x (GELU),
 pre-LayerNorm, learned positional embeddings, causal self-attention written with plain
@@ -16,7 +16,7 @@ Protocol (same for every optimizer, ``benchmarks/_common.py``):
 * schedule: linear warm-up over 5% of ``--steps`` to the peak lr, cosine decay to 0;
   decoupled weight decay ``--weight-decay`` (0.01) for every optimizer;
 * ``adamw``: ``optax.adamw``; ``shampoo``: ``sops.shampoo(..., **shampoo_kw)`` with
-  ``--shampoo-kw key=value`` (repeatable); ``muon``: ``optax.contrib.muon`` on the attention
+  ``--shampoo-kw key=value`` (repeatable); ``soap``: ``sops.soap`` (``--soap-kw``); ``muon``: ``optax.contrib.muon`` on the attention
   and MLP matrices, its AdamW branch (same weight decay) on embeddings, head, biases, LayerNorms;
 * peak lr grid per optimizer (``--lrs-adamw`` etc.); each optimizer's best lr = lowest final
   validation loss; target = AdamW's best final validation loss;
@@ -28,7 +28,7 @@ Protocol (same for every optimizer, ``benchmarks/_common.py``):
   step, ratios vs AdamW, and ``--timing-steps`` individually timed jitted steps (p50, max,
   max/mean: a step recomputing Shampoo's roots shows up as max/mean >> 1).
 
-    python benchmarks/transformer_lm.py            # full run (~20-25 min on a 2-core CPU)
+    python benchmarks/transformer_lm.py            # full run (~35 min on a 2-core CPU)
     python benchmarks/transformer_lm.py --quick    # smoke test (~1.5 min): 40 steps, one lr each
     python benchmarks/transformer_lm.py --optimizers adamw,shampoo \\
       --shampoo-kw precondition_every=20 --variant eigh:inverse_root=eigh
@@ -160,6 +160,7 @@ def main() -> None:
   if args.quick:
     args.steps, args.eval_every, args.timing_steps = 40, 20, 12
     args.lrs_adamw, args.lrs_shampoo, args.lrs_muon = [3e-3], [3e-3], [1e-2]
+    args.lrs_soap = [3e-3]
 
   train_ids, val_ids, vocab, sha = load_text(args.min_count)
   model = CharLM(vocab=len(vocab))

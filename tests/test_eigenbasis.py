@@ -113,3 +113,22 @@ def test_tracked_eigenbasis_jits_and_vmaps(rng):
   got = jax.jit(eb.tracked_eigenbasis)(a, q, 1e-2, k)
   per = jax.vmap(lambda a, q, k: eb.tracked_eigenbasis(a, q, 1e-2, k))(a, q, k)
   np.testing.assert_allclose(np.asarray(got.values), np.asarray(per.values), rtol=1e-4, atol=1e-6)
+
+
+def test_drift_is_the_relative_off_diagonal_mass_of_the_real_part(rng):
+  # A 5x5 statistic padded to 8: drift of a random orthogonal basis of the real part (the padding
+  # kept as identity) equals ||Q^T A Q - diag||_F / ||A||_F computed in float64; 0 for eigh's.
+  a5 = _spd(rng, 1, 5)[0]
+  a = np.zeros((1, 8, 8))
+  a[0, :5, :5] = a5
+  k = jnp.asarray([5])
+  m, mask2 = eb.masked(jnp.asarray(a, jnp.float32), k)
+  q = np.eye(8)
+  q[:5, :5] = np.linalg.qr(rng.standard_normal((5, 5)))[0]
+  d = q[:5, :5].T @ a5 @ q[:5, :5]
+  want = np.linalg.norm(d - np.diag(np.diag(d))) / np.linalg.norm(a5)
+  qj = jnp.asarray(q[None], jnp.float32)
+  got = eb.drift(m, qj, m @ qj, mask2)
+  np.testing.assert_allclose(np.asarray(got), [want], rtol=1e-4)
+  qe = jnp.linalg.eigh(m)[1]
+  assert float(eb.drift(m, qe, m @ qe, mask2)[0]) < 1e-3

@@ -74,22 +74,39 @@ def padding_columns(q: jax.Array, k_real: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(real[..., :, None], 0.0, q * q), axis=-2) > 0.5
 
 
-def refined_eigenbasis(a: jax.Array, q: jax.Array, k_real: jax.Array) -> Eigenbasis:
-  """One subspace-iteration step from the basis ``q``: ``qr(a q)``, then Rayleigh quotients.
+def ordered_qr(aq: jax.Array, q: jax.Array, k_real: jax.Array) -> jax.Array:
+  """One subspace-iteration step ``qr(a q)`` from the basis ``q``, given ``aq = a q``.
 
   The columns are first ordered by decreasing Rayleigh quotient, the padding columns last (they
   stay at the padding positions): subspace iteration converges to the eigenvectors in that order,
   so a column that is already an eigenvector keeps its place instead of being pulled towards a
   larger one by the Gram-Schmidt step.
   """
-  aq = _mm(a, q)
   key = jnp.where(padding_columns(q, k_real), -jnp.inf, jnp.sum(q * aq, axis=-2))
   order = jnp.argsort(-key, axis=-1)[..., None, :]
-  q = jnp.take_along_axis(q, order, axis=-1)
   q_new, r = jnp.linalg.qr(jnp.take_along_axis(aq, order, axis=-1))
   # Keep each column's orientation (qr's signs are arbitrary): a basis that does not move stays put.
   sign = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0).astype(q.dtype)
-  return _rayleigh(a, q_new * sign[..., None, :])
+  return q_new * sign[..., None, :]
+
+
+def drift(a: jax.Array, q: jax.Array, aq: jax.Array, mask2: jax.Array) -> jax.Array:
+  """``||Q^T A Q - diag||_F / ||A||_F`` over the real part, from ``aq = a q`` in O(n^2).
+
+  ``Q`` is orthogonal, so ``||Q^T A Q||_F = ||A||_F`` and only the diagonal is needed; the padding
+  (exact eigenvectors of :func:`masked` blocks) cancels out of the difference.
+  """
+  diag = jnp.sum(q * aq, axis=-2)
+  fro2 = jnp.sum(a * a, axis=(-1, -2))
+  real2 = jnp.sum(jnp.where(mask2, a * a, 0.0), axis=(-1, -2))
+  off2 = jnp.maximum(fro2 - jnp.sum(diag * diag, axis=-1), 0.0)
+  return jnp.sqrt(off2 / jnp.where(real2 > 0, real2, 1.0)) * (real2 > 0)
+
+
+def refined_eigenbasis(a: jax.Array, q: jax.Array, k_real: jax.Array) -> Eigenbasis:
+  """One ordered subspace-iteration step from the basis ``q`` (:func:`ordered_qr`), then
+  Rayleigh quotients."""
+  return _rayleigh(a, ordered_qr(_mm(a, q), q, k_real))
 
 
 def tracked_eigenbasis(

@@ -37,8 +37,9 @@ class SoapInfo(NamedTuple):
   """Diagnostics of :func:`scale_by_soap`, updated every step (log them freely)."""
 
   basis_refreshes: jax.Array  # shape=(), int32: steps that refreshed the eigenbases
-  max_off_diagonal: jax.Array  # shape=(), float32: largest relative off-diagonal mass of
-  #   Q^T L Q over the blocks at the last refresh (0 for an exact eigenbasis)
+  max_basis_drift: jax.Array  # shape=(), float32: at the last refresh, the largest relative
+  #   off-diagonal mass ||Q^T L Q - diag||_F / ||L||_F of the basis being replaced, over the
+  #   blocks: how far the statistics had moved from the basis in use (0: still exact)
   basis_failures: jax.Array  # shape=(), int32: block bases that came out non-finite (each kept
   #   its previous basis)
   nonfinite_skips: jax.Array  # shape=(), int32: steps skipped for non-finite gradients, or for
@@ -80,23 +81,22 @@ def _rotate_moments(mu, nu, old, new, part):
 
 def _new_basis(mats, old, basis, k_real, *, first, refresh):
   """Eigenbases of one stack (cold ``eigh`` on the first refresh or with ``refresh="eigh"``, else
-  one ordered QR step from the previous basis); a non-finite block keeps its old basis."""
+  one ordered QR step from the previous basis); a non-finite block keeps its old basis. Also
+  returns how far the old basis had drifted from an eigenbasis, and the failed blocks."""
   del basis
-  a, _ = eigenbasis.masked(mats, k_real)
+  a, mask2 = eigenbasis.masked(mats, k_real)
+  aq = jnp.matmul(a, old, precision=lax.Precision.HIGHEST)
   if refresh == "eigh":
-    found = eigenbasis.cold_eigenbasis(a)
+    new = jnp.linalg.eigh(a)[1]
   else:
-    found = lax.cond(
+    new = lax.cond(
       first,
-      lambda: eigenbasis.cold_eigenbasis(a),
-      lambda: eigenbasis.refined_eigenbasis(a, old, k_real),
+      lambda: jnp.linalg.eigh(a)[1],
+      lambda: eigenbasis.ordered_qr(aq, old, k_real),
     )
-  ok = jnp.all(jnp.isfinite(found.vectors), axis=(-1, -2))
-  return (
-    jnp.where(ok[:, None, None], found.vectors, old),
-    jnp.where(ok, found.off_diagonal, 0.0),
-    ~ok,
-  )
+  ok = jnp.all(jnp.isfinite(new), axis=(-1, -2))
+  off = eigenbasis.drift(a, old, aq, mask2)
+  return jnp.where(ok[:, None, None], new, old), jnp.where(ok, off, 0.0), ~ok
 
 
 def scale_by_soap(
@@ -252,7 +252,7 @@ def scale_by_soap(
     mu, nu = _rotate_moments(mu, nu, bases, new, part)
     info = info._replace(
       basis_refreshes=utils.safe_increment(info.basis_refreshes),
-      max_off_diagonal=jnp.max(jnp.stack(offs)),
+      max_basis_drift=jnp.max(jnp.stack(offs)),
       basis_failures=info.basis_failures + sum(fails),
     )
     return tuple(new), mu, nu, info

@@ -132,3 +132,37 @@ def test_drift_is_the_relative_off_diagonal_mass_of_the_real_part(rng):
   np.testing.assert_allclose(np.asarray(got), [want], rtol=1e-4)
   qe = jnp.linalg.eigh(m)[1]
   assert float(eb.drift(m, qe, m @ qe, mask2)[0]) < 1e-3
+
+
+@pytest.mark.parametrize("spectrum", ["cond1e3", "cond1e6", "rank_deficient"])
+def test_cholesky_qr_step_is_orthogonal_and_tracks_like_householder(rng, spectrum):
+  # The CholeskyQR3 path (for accelerators) of one ordered subspace step from a stale basis: an
+  # orthogonal basis, as close to an eigenbasis as the Householder step's (ill-conditioned or
+  # rank-deficient blocks may take the Householder fallback; the result must be finite either way).
+  n, batch = 32, 3
+  if spectrum == "rank_deficient":
+    w = np.r_[np.logspace(0, -3, n // 2), np.zeros(n // 2)]
+  else:
+    w = np.logspace(0, -float(spectrum[-1]), n)
+  q = np.stack([np.linalg.qr(rng.standard_normal((n, n)))[0] for _ in range(batch)])
+  a = jnp.asarray((q * w) @ np.swapaxes(q, -1, -2), jnp.float32)
+  stale = np.stack([np.linalg.qr(x + 1e-2 * rng.standard_normal((n, n)))[0] for x in q])
+  old = jnp.asarray(stale, jnp.float32)
+  k, mask = jnp.full((batch,), n), jnp.ones(a.shape, bool)
+  hh = eb.ordered_qr(a @ old, old, k, "householder")
+  ch = eb.ordered_qr(a @ old, old, k, "cholesky")
+  assert np.all(np.isfinite(np.asarray(ch)))
+  gram = np.swapaxes(np.asarray(ch, np.float64), -1, -2) @ np.asarray(ch, np.float64)
+  np.testing.assert_allclose(gram, np.broadcast_to(np.eye(n), gram.shape), atol=1e-5)
+  d_old = np.asarray(eb.drift(a, old, a @ old, mask))
+  d_hh = np.asarray(eb.drift(a, hh, a @ hh, mask))
+  d_ch = np.asarray(eb.drift(a, ch, a @ ch, mask))
+  assert np.all(d_ch < 0.3 * d_old) and np.all(d_ch < 1.5 * d_hh + 1e-4), (d_old, d_hh, d_ch)
+
+
+def test_cholesky_qr_equals_householder_on_well_conditioned_input(rng):
+  x = jnp.asarray(rng.standard_normal((2, 16, 16)) + 4 * np.eye(16), jnp.float32)
+  q = eb.cholesky_qr(x)
+  q_ref, r = np.linalg.qr(np.asarray(x, np.float64))
+  q_ref = q_ref * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+  np.testing.assert_allclose(np.asarray(q), q_ref, atol=1e-5)

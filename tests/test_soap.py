@@ -256,6 +256,10 @@ def test_soap_trains_faster_than_adam_on_an_ill_conditioned_problem(rng):
   l_soap = min(train(sops.soap(lr)) for lr in grid)
   l_adam = min(train(optax.adam(lr)) for lr in grid)
   assert l_soap < 0.2 * l_adam, (l_soap, l_adam)
+  # The accelerator's QR path (CholeskyQR3) trains as well as the Householder one.
+  l_chol = train(sops.soap(1e-1, refresh="qr_cholesky"))
+  l_hh = train(sops.soap(1e-1, refresh="qr_householder"))
+  assert l_chol < 2.0 * l_hh + 1e-3, (l_chol, l_hh)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, 1e30])

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 _HI = lax.Precision.HIGHEST
+_CHOLESKY_RIDGE = 1e-4  # relative shift of the power step in the CholeskyQR path
 
 
 class Eigenbasis(NamedTuple):
@@ -74,20 +75,64 @@ def padding_columns(q: jax.Array, k_real: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(real[..., :, None], 0.0, q * q), axis=-2) > 0.5
 
 
-def ordered_qr(aq: jax.Array, q: jax.Array, k_real: jax.Array) -> jax.Array:
+def cholesky_qr(x: jax.Array) -> jax.Array:
+  """Orthonormal ``Q`` of ``x = Q R`` (``R`` with a positive diagonal) by shifted CholeskyQR3.
+
+  Matrix products, a Cholesky factorisation and a triangular solve per pass, so it batches well on
+  accelerators, where a batched Householder QR of many small blocks runs block by block. The
+  columns are normalised first (this leaves ``Q`` unchanged), the first pass is shifted so its
+  Cholesky cannot break down, and two more passes restore orthogonality to rounding level
+  (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa, "Shifted Cholesky QR for computing the QR
+  factorization of ill-conditioned matrices", SIAM J. Sci. Comput. 42(1), 2020). A non-finite
+  result (rank-deficient ``x`` at working precision) is for the caller to reject.
+  """
+  n = x.shape[-1]
+  norms = jnp.sqrt(jnp.sum(x * x, axis=-2, keepdims=True))
+  x = x / jnp.where(norms > 0, norms, 1.0)
+  eye = jnp.eye(n, dtype=x.dtype)
+  shift = 11.0 * (n * n + n * (n + 1)) * jnp.finfo(x.dtype).eps  # ||x||_2^2 <= n after scaling
+  for i in range(3):
+    g = _mm(_t(x), x)
+    if i == 0:
+      g = g + shift * n * eye
+    chol = jnp.linalg.cholesky(0.5 * (g + _t(g)))
+    x = lax.linalg.triangular_solve(chol, x, left_side=False, lower=True, transpose_a=True)
+  return x
+
+
+def ordered_qr(aq: jax.Array, q: jax.Array, k_real: jax.Array, method: str = "householder"):
   """One subspace-iteration step ``qr(a q)`` from the basis ``q``, given ``aq = a q``.
 
   The columns are first ordered by decreasing Rayleigh quotient, the padding columns last (they
   stay at the padding positions): subspace iteration converges to the eigenvectors in that order,
   so a column that is already an eigenvector keeps its place instead of being pulled towards a
-  larger one by the Gram-Schmidt step.
+  larger one by the Gram-Schmidt step. ``method``: ``"householder"`` (``jnp.linalg.qr``) or
+  ``"cholesky"`` (:func:`cholesky_qr`, for accelerators).
   """
   key = jnp.where(padding_columns(q, k_real), -jnp.inf, jnp.sum(q * aq, axis=-2))
   order = jnp.argsort(-key, axis=-1)[..., None, :]
-  q_new, r = jnp.linalg.qr(jnp.take_along_axis(aq, order, axis=-1))
-  # Keep each column's orientation (qr's signs are arbitrary): a basis that does not move stays put.
-  sign = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0).astype(q.dtype)
-  return q_new * sign[..., None, :]
+  x = jnp.take_along_axis(aq, order, axis=-1)
+
+  def householder():
+    q_new, r = jnp.linalg.qr(x)
+    # Keep each column's orientation (qr's signs are arbitrary): a basis that does not move stays.
+    sign = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0).astype(q.dtype)
+    return q_new * sign[..., None, :]
+
+  if method != "cholesky":
+    return householder()
+  # A column whose Rayleigh quotient is tiny next to the largest one is mostly rounding noise
+  # from the larger directions: (a + delta I) q keeps such columns close to their old direction,
+  # so the Gram matrix stays well conditioned. Blocks where CholeskyQR still breaks down take the
+  # Householder QR (computed only if one does).
+  top = jnp.max(jnp.abs(key), axis=-1, where=jnp.isfinite(key), initial=0.0)
+  delta = _CHOLESKY_RIDGE * top[..., None, None]
+  x = x + delta * jnp.take_along_axis(q, order, axis=-1)
+  out = cholesky_qr(x)
+  bad = ~jnp.all(jnp.isfinite(out), axis=(-1, -2))
+  return lax.cond(
+    jnp.any(bad), lambda: jnp.where(bad[..., None, None], householder(), out), lambda: out
+  )
 
 
 def drift(a: jax.Array, q: jax.Array, aq: jax.Array, mask2: jax.Array) -> jax.Array:

@@ -30,7 +30,7 @@ from sops._src.shampoo import (
   _statistics_dtype,
 )
 
-_REFRESH = ("qr", "eigh")
+_REFRESH = ("qr", "qr_householder", "qr_cholesky", "eigh")
 
 
 class SoapInfo(NamedTuple):
@@ -79,7 +79,7 @@ def _rotate_moments(mu, nu, old, new, part):
   return out_mu, out_nu
 
 
-def _new_basis(mats, old, basis, k_real, *, first, refresh):
+def _new_basis(mats, old, basis, k_real, *, first, refresh, qr_method):
   """Eigenbases of one stack (cold ``eigh`` on the first refresh or with ``refresh="eigh"``, else
   one ordered QR step from the previous basis); a non-finite block keeps its old basis. Also
   returns how far the old basis had drifted from an eigenbasis, and the failed blocks."""
@@ -92,7 +92,7 @@ def _new_basis(mats, old, basis, k_real, *, first, refresh):
     new = lax.cond(
       first,
       lambda: jnp.linalg.eigh(a)[1],
-      lambda: eigenbasis.ordered_qr(aq, old, k_real),
+      lambda: eigenbasis.ordered_qr(aq, old, k_real, qr_method),
     )
   ok = jnp.all(jnp.isfinite(new), axis=(-1, -2))
   off = eigenbasis.drift(a, old, aq, mask2)
@@ -145,7 +145,10 @@ def scale_by_soap(
     precondition_every: steps between two refreshes of the eigenbases (paper default 10).
     statistics_every: steps between two statistics updates (``1``: every step).
     refresh: ``"qr"`` (one subspace-iteration step per refresh after the first ``eigh``) or
-      ``"eigh"`` (a full eigendecomposition every refresh).
+      ``"eigh"`` (a full eigendecomposition every refresh). ``"qr"`` takes LAPACK's Householder
+      QR on CPU (``"qr_householder"``) and a shifted CholeskyQR3 elsewhere (``"qr_cholesky"``:
+      matrix products, batched well on GPUs, where a batched Householder QR of many small blocks
+      runs block by block; blocks where it breaks down take the Householder QR).
     block_size: largest factor size (``None``: 256); larger dimensions are split into blocks.
       Static.
     max_preconditioner_dim: dimensions above it keep the identity (``None``: 4096). Static.
@@ -196,6 +199,9 @@ def scale_by_soap(
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name must be None or a str, got {axis_name!r}.")
   sdt = _statistics_dtype(statistics_dtype)
+  if refresh == "qr":  # measured: docs/soap.md
+    refresh = "qr_householder" if jax.default_backend() == "cpu" else "qr_cholesky"
+  qr_method = refresh.removeprefix("qr_")
 
   def plan(leaves) -> blocking.Partition:
     # One exponent for every factor: stacks are grouped by factor size only.
@@ -238,7 +244,7 @@ def scale_by_soap(
 
   def refresh_bases(stats, bases, mu, nu, count, info, part):
     """New eigenbases of every stack and the moments carried into them."""
-    fn = functools.partial(_new_basis, first=count == 1, refresh=refresh)
+    fn = functools.partial(_new_basis, first=count == 1, refresh=refresh, qr_method=qr_method)
     new, offs, fails = [], [jnp.zeros([], jnp.float32)], []
     for i, q in enumerate(bases):
       # LAPACK-based stacks run in turn (see roots.after).

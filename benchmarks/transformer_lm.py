@@ -1,5 +1,5 @@
 # Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
-"""AdamW vs Shampoo vs SOAP vs Muon: time to AdamW's best loss on a small character-level transformer LM.
+"""AdamW vs Shampoo vs SOAP vs Muon: time to AdamW's best loss, small character-level transformer.
 
 Model: decoder-only transformer (Flax linen), 2 layers, d_model 128, 4 heads, MLP 4x (GELU),
 pre-LayerNorm, learned positional embeddings, causal self-attention written with plain
@@ -16,8 +16,9 @@ Protocol (same for every optimizer, ``benchmarks/_common.py``):
 * schedule: linear warm-up over 5% of ``--steps`` to the peak lr, cosine decay to 0;
   decoupled weight decay ``--weight-decay`` (0.01) for every optimizer;
 * ``adamw``: ``optax.adamw``; ``shampoo``: ``sops.shampoo(..., **shampoo_kw)`` with
-  ``--shampoo-kw key=value`` (repeatable); ``soap``: ``sops.soap`` (``--soap-kw``); ``muon``: ``optax.contrib.muon`` on the attention
-  and MLP matrices, its AdamW branch (same weight decay) on embeddings, head, biases, LayerNorms;
+  ``--shampoo-kw key=value`` (repeatable); ``soap``: ``sops.soap`` (``--soap-kw``); ``muon``:
+  ``optax.contrib.muon`` on the attention and MLP matrices, its AdamW branch (same weight decay)
+  on embeddings, head, biases, LayerNorms;
 * peak lr grid per optimizer (``--lrs-adamw`` etc.); each optimizer's best lr = lowest final
   validation loss; target = AdamW's best final validation loss;
 * identical batches and initial parameters for every run (seeded numpy sampling outside jit);

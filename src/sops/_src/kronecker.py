@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sops._src import blocking, grafting
 
@@ -104,4 +105,53 @@ def blocks_ready(lp: blocking.LeafPartition, ready: tuple[jax.Array, ...]) -> ja
   out = jnp.ones((lp.num_blocks,), bool)
   for _, entries in leaf_factors(lp, ready):
     out = out & entries
+  return out
+
+
+def _take(stack: jax.Array, rows: np.ndarray) -> jax.Array:
+  """``stack[rows]`` for static ``rows``: a (strided) slice when they are evenly spaced."""
+  if len(rows) == 1:
+    return stack[rows[0] : rows[0] + 1]
+  step = rows[1] - rows[0]
+  if step > 0 and np.all(np.diff(rows) == step):
+    return stack[rows[0] : rows[-1] + 1 : step]
+  return jnp.take(stack, jnp.asarray(rows), axis=0)
+
+
+def precondition_leaves(
+  blocks: Sequence[jax.Array | None],
+  part: blocking.Partition,
+  stacks: tuple[jax.Array, ...],
+  transpose: bool = False,
+) -> list[jax.Array | None]:
+  """:func:`precondition` of every leaf given as blocks (``None`` stays ``None``).
+
+  Leaves with the same block shape and the same stacks per dimension (the query, key and value
+  matrices of a transformer layer, say) are concatenated and multiplied in one batched product per
+  dimension, so a step runs a few large products instead of one small one per leaf.
+  """
+  groups: dict[tuple, list[int]] = {}
+  for i, (xb, lp) in enumerate(zip(blocks, part.leaves, strict=True)):
+    if xb is not None:
+      key = (lp.block_shape, tuple((f.dim, f.stack) for f in lp.factors))
+      groups.setdefault(key, []).append(i)
+  out = list(blocks)
+  for (_, dims), idx in groups.items():
+    if len(idx) == 1:
+      out[idx[0]] = precondition(blocks[idx[0]], part.leaves[idx[0]], stacks, transpose)
+      continue
+    xb = jnp.concatenate([blocks[i] for i in idx])
+    for dim, stack in dims:
+      rows = np.concatenate(
+        [
+          np.arange(f.offset, f.offset + part.leaves[i].num_blocks)
+          for i in idx
+          for f in part.leaves[i].factors
+          if f.dim == dim
+        ]
+      )
+      xb = blocking.apply_factor(xb, dim, _take(stacks[stack], rows), transpose)
+    sizes = np.cumsum([part.leaves[i].num_blocks for i in idx])[:-1]
+    for i, piece in zip(idx, jnp.split(xb, sizes), strict=True):
+      out[i] = piece
   return out

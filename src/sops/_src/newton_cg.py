@@ -115,6 +115,8 @@ def _scalar_loss(name: str, fn: Callable[[Any], Any]) -> Callable[[Any], jax.Arr
 
   def checked(p):
     out = fn(p)
+    if isinstance(out, numbers.Real) and not isinstance(out, bool):
+      out = jnp.asarray(out, jnp.float32)  # a constant loss, e.g. of an empty tree
     if not hasattr(out, "shape") or not hasattr(out, "dtype"):
       raise ValueError(
         f"{name} must return a scalar loss, got a {type(out).__name__}; (loss, aux) pairs "
@@ -536,7 +538,8 @@ def newton_cg(
   optax.EmptyState())``; ``optax.tree.get(state, "NewtonCGInfo")`` finds the diagnostics.
 
   Args:
-    learning_rate: step size :math:`\eta > 0` or a schedule; ``1.0`` is the Newton step.
+    learning_rate: step size :math:`\eta \ge 0` or a schedule; ``1.0`` is the Newton step
+      (``0`` is accepted, as in optax, and gives zero updates).
     linesearch: an optax line search (``GradientTransformationExtraArgs`` taking ``value``,
       ``grad`` and ``value_fn``), or ``None``.
     damping: see :func:`scale_by_newton_cg`.

@@ -67,16 +67,24 @@ def _rotate_moments(mu, nu, old, new, part):
   dimension; the second moment holds only the diagonal of a covariance, and maps by the squared
   rotation ``v <- (R * R) v`` (exact when the basis only permutes or flips columns).
   """
-  rot = tuple(jnp.einsum("...ki,...kj->...ij", q, p) for q, p in zip(new, old, strict=True))
+  rot = tuple(
+    jnp.einsum("...ki,...kj->...ij", q, p, precision=lax.Precision.HIGHEST)
+    for q, p in zip(new, old, strict=True)
+  )
   sq = tuple(r * r for r in rot)
-  out_mu, out_nu = [], []
-  for m, v, lp in zip(mu, nu, part.leaves, strict=True):
-    if lp.preconditioned:
-      m = blocking.from_blocks(kronecker.precondition(blocking.to_blocks(m, lp), lp, rot), lp)
-      v = blocking.from_blocks(kronecker.precondition(blocking.to_blocks(v, lp), lp, sq), lp)
-    out_mu.append(m)
-    out_nu.append(v)
-  return out_mu, out_nu
+
+  def turn(leaves, mats):
+    blocks = [
+      blocking.to_blocks(x, lp) if lp.preconditioned else None
+      for x, lp in zip(leaves, part.leaves, strict=True)
+    ]
+    turned = kronecker.precondition_leaves(blocks, part, mats)
+    return [
+      x if xb is None else blocking.from_blocks(xb, lp)
+      for x, xb, lp in zip(leaves, turned, part.leaves, strict=True)
+    ]
+
+  return turn(mu, rot), turn(nu, sq)
 
 
 def _new_basis(mats, old, basis, k_real, *, first, refresh, qr_method):
@@ -232,15 +240,15 @@ def scale_by_soap(
       info=SoapInfo(zero_i(), jnp.zeros([], jnp.float32), zero_i(), zero_i()),
     )
 
-  def rotate(leaves, bases, part, back):
+  def rotate(leaves, bases, part, back, blocks=None):
     """Each preconditioned leaf into the eigenbasis coordinates (or ``back`` out of them)."""
-    out = []
-    for x, lp in zip(leaves, part.leaves, strict=True):
-      if lp.preconditioned:
-        xb = kronecker.precondition(blocking.to_blocks(x.astype(sdt), lp), lp, bases, not back)
-        x = blocking.from_blocks(xb, lp).astype(x.dtype)
-      out.append(x)
-    return out
+    if blocks is None:
+      blocks = kronecker.to_block_list(leaves, part, sdt)
+    turned = kronecker.precondition_leaves(blocks, part, bases, not back)
+    return [
+      x if xb is None else blocking.from_blocks(xb, lp).astype(x.dtype)
+      for x, xb, lp in zip(leaves, turned, part.leaves, strict=True)
+    ]
 
   def refresh_bases(stats, bases, mu, nu, count, info, part):
     """New eigenbases of every stack and the moments carried into them."""
@@ -268,15 +276,15 @@ def scale_by_soap(
     mu, mu_def = jax.tree.flatten(state.soap_mu)
     nu, nu_def = jax.tree.flatten(state.soap_nu)
     bases = state.soap_eigenbases
-    g = rotate([x.astype(m.dtype) for x, m in zip(leaves, mu, strict=True)], bases, part, False)
+    blocks = kronecker.to_block_list(leaves, part, sdt)
+    g = [x.astype(m.dtype) for x, m in zip(leaves, mu, strict=True)]
+    g = rotate(g, bases, part, False, blocks)
     b1_, b2_ = jnp.asarray(b1), jnp.asarray(b2)
     mu = [(b1_ * m + (1.0 - b1_) * x).astype(m.dtype) for m, x in zip(mu, g, strict=True)]
     nu = [(b2_ * v + (1.0 - b2_) * x * x).astype(v.dtype) for v, x in zip(nu, g, strict=True)]
     bc1, bc2 = 1.0 - b1_**count, 1.0 - b2_**count
     dirs = [(m / bc1) / (jnp.sqrt(v / bc2) + eps) for m, v in zip(mu, nu, strict=True)]
     out = rotate(dirs, bases, part, True)
-
-    blocks = kronecker.to_block_list(leaves, part, sdt)
     do_stats = (count - 1) % jnp.asarray(statistics_every, jnp.int32) == 0
 
     def new_statistics():

@@ -9,7 +9,8 @@ from sops._src import blocking, kronecker
 
 
 @pytest.mark.parametrize("transpose", [False, True])
-def test_grouped_preconditioning_equals_per_leaf(rng, transpose):
+@pytest.mark.parametrize("group", [False, True])
+def test_grouped_preconditioning_equals_per_leaf(rng, transpose, group):
   # q, k, v share their block shape and stacks (one batched product per dimension); the padded
   # (300, 8) and the 3-D leaf form groups of their own; the vector is not preconditioned.
   shapes = [(16, 16), (16, 16), (40, 16), (16, 16), (300, 8), (4, 5, 6), (7,)]
@@ -22,7 +23,7 @@ def test_grouped_preconditioning_equals_per_leaf(rng, transpose):
   )
   leaves = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes]
   blocks = kronecker.to_block_list(leaves, part, jnp.float32)
-  got = kronecker.precondition_leaves(blocks, part, stacks, transpose)
+  got = kronecker.precondition_leaves(blocks, part, stacks, transpose, group)
   for xb, lp, g in zip(blocks, part.leaves, got, strict=True):
     if xb is None:
       assert g is None

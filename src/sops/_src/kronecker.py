@@ -123,25 +123,28 @@ def precondition_leaves(
   part: blocking.Partition,
   stacks: tuple[jax.Array, ...],
   transpose: bool = False,
+  group: bool = True,
 ) -> list[jax.Array | None]:
   """:func:`precondition` of every leaf given as blocks (``None`` stays ``None``).
 
-  Leaves with the same block shape and the same stacks per dimension (the query, key and value
-  matrices of a transformer layer, say) are concatenated and multiplied in one batched product per
-  dimension, so a step runs a few large products instead of one small one per leaf.
+  With ``group``, leaves with the same block shape and the same stacks per dimension (the query,
+  key and value matrices of a transformer layer, say) are concatenated and multiplied in one
+  batched product per dimension, so a step launches a few large products instead of one small one
+  per leaf (for accelerators; on CPU the copies cost more than they save).
   """
   groups: dict[tuple, list[int]] = {}
   for i, (xb, lp) in enumerate(zip(blocks, part.leaves, strict=True)):
     if xb is not None:
       key = (lp.block_shape, tuple((f.dim, f.stack) for f in lp.factors))
+      key = key if group else (i,)
       groups.setdefault(key, []).append(i)
   out = list(blocks)
-  for (_, dims), idx in groups.items():
+  for idx in groups.values():
     if len(idx) == 1:
       out[idx[0]] = precondition(blocks[idx[0]], part.leaves[idx[0]], stacks, transpose)
       continue
     xb = jnp.concatenate([blocks[i] for i in idx])
-    for dim, stack in dims:
+    for dim, stack in ((f.dim, f.stack) for f in part.leaves[idx[0]].factors):
       rows = np.concatenate(
         [
           np.arange(f.offset, f.offset + part.leaves[i].num_blocks)

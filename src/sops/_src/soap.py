@@ -60,7 +60,7 @@ class ScaleBySoapState(NamedTuple):
   info: SoapInfo
 
 
-def _rotate_moments(mu, nu, old, new, part):
+def _rotate_moments(mu, nu, old, new, part, group):
   """Re-expresses the moments of every preconditioned leaf in the new eigenbases.
 
   With ``R = Q_new^T Q_old`` per factor the first moment maps exactly, ``m <- R m`` along every
@@ -78,7 +78,7 @@ def _rotate_moments(mu, nu, old, new, part):
       blocking.to_blocks(x, lp) if lp.preconditioned else None
       for x, lp in zip(leaves, part.leaves, strict=True)
     ]
-    turned = kronecker.precondition_leaves(blocks, part, mats)
+    turned = kronecker.precondition_leaves(blocks, part, mats, False, group)
     return [
       x if xb is None else blocking.from_blocks(xb, lp)
       for x, xb, lp in zip(leaves, turned, part.leaves, strict=True)
@@ -210,6 +210,7 @@ def scale_by_soap(
   if refresh == "qr":  # measured: docs/soap.md
     refresh = "qr_householder" if jax.default_backend() == "cpu" else "qr_cholesky"
   qr_method = refresh.removeprefix("qr_")
+  group = jax.default_backend() != "cpu"  # one product per leaf group: fewer kernel launches
 
   def plan(leaves) -> blocking.Partition:
     # One exponent for every factor: stacks are grouped by factor size only.
@@ -244,7 +245,7 @@ def scale_by_soap(
     """Each preconditioned leaf into the eigenbasis coordinates (or ``back`` out of them)."""
     if blocks is None:
       blocks = kronecker.to_block_list(leaves, part, sdt)
-    turned = kronecker.precondition_leaves(blocks, part, bases, not back)
+    turned = kronecker.precondition_leaves(blocks, part, bases, not back, group)
     return [
       x if xb is None else blocking.from_blocks(xb, lp).astype(x.dtype)
       for x, xb, lp in zip(leaves, turned, part.leaves, strict=True)
@@ -263,7 +264,7 @@ def scale_by_soap(
       new.append(qn)
       offs.append(jnp.max(off).astype(jnp.float32))
       fails.append(jnp.sum(bad, dtype=jnp.int32))
-    mu, nu = _rotate_moments(mu, nu, bases, new, part)
+    mu, nu = _rotate_moments(mu, nu, bases, new, part, group)
     info = info._replace(
       basis_refreshes=utils.safe_increment(info.basis_refreshes),
       max_basis_drift=jnp.max(jnp.stack(offs)),

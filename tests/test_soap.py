@@ -403,3 +403,29 @@ def test_state_is_a_checkpointable_tree_of_arrays():
   again = jax.tree.unflatten(treedef, [np.asarray(x) for x in leaves])
   u, _ = sops.soap(1e-3).update(jax.tree.map(jnp.ones_like, params), again, params)
   assert np.all(np.isfinite(np.asarray(u["w"])))
+
+
+def test_integer_zero_size_and_scalar_leaves_pass_or_train(rng):
+  # As Shampoo (docs/failure.md): int/bool leaves and their float0 gradients pass through
+  # unchanged, a zero-size leaf gives an empty update, a scalar trains like Adam.
+  params = {
+    "w": jnp.ones((5, 3)),
+    "s": jnp.array(0.5),
+    "z": jnp.zeros((0, 3)),
+    "step": jnp.arange(3, dtype=jnp.int32),
+  }
+
+  def loss(p):
+    return jnp.sum((p["w"] - 2.0) ** 2) + (p["s"] - 1.0) ** 2 + jnp.sum(p["z"])
+
+  tx = sops.soap(0.1)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for _ in range(3):
+    g = jax.grad(loss, allow_int=True)(params)
+    u, state = update(g, state, params)
+    assert u["step"].dtype == jax.dtypes.float0 and u["z"].shape == (0, 3)
+    floats = {k: params[k] for k in ("w", "s", "z")}
+    params = {**params, **optax.apply_updates(floats, {k: u[k] for k in floats})}
+  assert float(loss(params)) < float(loss({**params, "w": jnp.ones((5, 3)), "s": jnp.array(0.5)}))
+  assert int(state[0].info.nonfinite_skips) == 0

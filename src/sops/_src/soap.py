@@ -218,6 +218,7 @@ def scale_by_soap(
     return _partition(shapes, block_size, max_dim, merge_small_dims, 1, num_shards)
 
   def init_fn(params):
+    params = utils.float_leaves(params)  # int/bool leaves are passed through by update_fn
     part = plan(jax.tree.leaves(params))
     stats = tuple(
       jnp.zeros((len(real), s, s), sdt)
@@ -317,6 +318,7 @@ def scale_by_soap(
 
   def update_fn(updates, state, params=None):
     del params
+    original, updates = updates, utils.float_leaves(updates)  # int and float0 leaves pass through
     _check_grad_tree(updates, state.soap_mu)
     leaves, treedef = jax.tree.flatten(updates)
     part = plan(leaves)
@@ -335,7 +337,7 @@ def scale_by_soap(
       return lax.cond(ok, lambda: (out, new_state), skip)
 
     out, new_state = lax.cond(finite, apply, skip)
-    return jax.tree.unflatten(treedef, out), new_state
+    return utils.restore_leaves(jax.tree.unflatten(treedef, out), original), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -404,8 +406,7 @@ def soap(
     Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson, Kakade, "SOAP: Improving and
     Stabilizing Shampoo using Adam", arXiv:2409.11321.
   """
-  if not callable(learning_rate):
-    _check_number("learning_rate", learning_rate, low=0.0)
+  _check_number("learning_rate", learning_rate, low=0.0)  # 0 is accepted, as in optax
   _check_number("weight_decay", weight_decay, low=0.0)
   parts = [
     scale_by_soap(
@@ -427,4 +428,4 @@ def soap(
   if not (isinstance(weight_decay, numbers.Real) and weight_decay == 0.0):
     parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))
-  return optax.chain(*parts)
+  return utils.pass_through_non_float(optax.chain(*parts))

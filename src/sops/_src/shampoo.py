@@ -88,9 +88,6 @@ def _check_number(name: str, value: Any, *, integer: bool = False, **kw) -> None
   utils.check_scalar(name, value, integer=integer, **kw)
 
 
-_check_grad_tree = utils.check_grad_tree  # kept importable from here
-
-
 def _statistics_dtype(statistics_dtype: Any) -> jnp.dtype:
   if (
     isinstance(statistics_dtype, (jax.Array, np.ndarray))
@@ -421,26 +418,11 @@ def scale_by_shampoo(
 
   def update_fn(updates, state, params=None):
     del params
-    original, updates = updates, utils.float_leaves(updates)  # int and float0 leaves pass through
-    _check_grad_tree(updates, state.shampoo_momentum)
-    leaves, treedef = jax.tree.flatten(updates)
-    part = plan(leaves)
-    finite = utils.tree_all_finite(updates)
-    if axis_name is not None:
-      finite = lax.pmin(finite.astype(jnp.int32), axis_name) > 0
 
-    def skip():
-      info = state.info._replace(nonfinite_skips=utils.safe_increment(state.info.nonfinite_skips))
-      return [jnp.zeros_like(x) for x in leaves], state._replace(info=info)
+    def run(leaves):
+      return step(leaves, state, plan(leaves))
 
-    def apply():
-      out, new_state, ok = step(leaves, state, part)
-      if axis_name is not None:
-        ok = lax.pmin(ok.astype(jnp.int32), axis_name) > 0
-      return lax.cond(ok, lambda: (out, new_state), skip)
-
-    out, new_state = lax.cond(finite, apply, skip)
-    return utils.restore_leaves(jax.tree.unflatten(treedef, out), original), new_state
+    return utils.guarded_update(updates, state, state.shampoo_momentum, run, axis_name)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -23,7 +23,6 @@ from sops._src import roots as _roots
 from sops._src.shampoo import (
   _DEFAULT_BLOCK_SIZE,
   _DEFAULT_MAX_PRECONDITIONER_DIM,
-  _check_grad_tree,
   _check_number,
   _partition,
   _static_int,
@@ -318,26 +317,11 @@ def scale_by_soap(
 
   def update_fn(updates, state, params=None):
     del params
-    original, updates = updates, utils.float_leaves(updates)  # int and float0 leaves pass through
-    _check_grad_tree(updates, state.soap_mu)
-    leaves, treedef = jax.tree.flatten(updates)
-    part = plan(leaves)
-    finite = utils.tree_all_finite(updates)
-    if axis_name is not None:
-      finite = lax.pmin(finite.astype(jnp.int32), axis_name) > 0
 
-    def skip():
-      info = state.info._replace(nonfinite_skips=utils.safe_increment(state.info.nonfinite_skips))
-      return [jnp.zeros_like(x) for x in leaves], state._replace(info=info)
+    def run(leaves):
+      return step(leaves, state, plan(leaves))
 
-    def apply():
-      out, new_state, ok = step(leaves, state, part)
-      if axis_name is not None:
-        ok = lax.pmin(ok.astype(jnp.int32), axis_name) > 0
-      return lax.cond(ok, lambda: (out, new_state), skip)
-
-    out, new_state = lax.cond(finite, apply, skip)
-    return utils.restore_leaves(jax.tree.unflatten(treedef, out), original), new_state
+    return utils.guarded_update(updates, state, state.soap_mu, run, axis_name)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -198,3 +198,33 @@ def pass_through_non_float(tx: Any) -> Any:
     return restore_leaves(out, updates), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def guarded_update(
+  updates: Any, state: Any, reference: Any, step: Any, axis_name: str | None
+) -> tuple[Any, Any]:
+  """The ``update`` of a blocked optimizer (Shampoo, SOAP) around its ``step``, with its guards.
+
+  Int, bool and ``float0`` leaves pass through unchanged; the float gradients must match
+  ``reference`` (``ValueError`` naming the path otherwise). ``step(leaves)`` returns ``(out_leaves,
+  new_state, ok)``; a step with a non-finite gradient, or that ``step`` reports not ``ok``
+  (overflowing statistics), is skipped: zero update, ``state`` kept except
+  ``state.info.nonfinite_skips``. With ``axis_name`` every device skips if one does.
+  """
+  original, updates = updates, float_leaves(updates)
+  check_grad_tree(updates, reference)
+  leaves, treedef = jax.tree.flatten(updates)
+
+  def everywhere(ok):
+    return ok if axis_name is None else lax.pmin(ok.astype(jnp.int32), axis_name) > 0
+
+  def skip():
+    info = state.info._replace(nonfinite_skips=safe_increment(state.info.nonfinite_skips))
+    return [jnp.zeros_like(x) for x in leaves], state._replace(info=info)
+
+  def apply():
+    out, new_state, ok = step(leaves)
+    return lax.cond(everywhere(ok), lambda: (out, new_state), skip)
+
+  out, new_state = lax.cond(everywhere(tree_all_finite(updates)), apply, skip)
+  return restore_leaves(jax.tree.unflatten(treedef, out), original), new_state

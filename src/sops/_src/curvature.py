@@ -184,3 +184,37 @@ def to_dense(matvec: Matvec, params: Any) -> jax.Array:
   eye = jnp.eye(flat.size, dtype=flat.dtype)
   columns = jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0])(eye)
   return columns.T
+
+
+def linearize(
+  curvature: str,
+  params: Any,
+  value_fn: Callable | None,
+  predict_fn: Callable | None,
+  output_loss_fn: Callable | None,
+) -> tuple[jax.Array, Callable, Callable]:
+  """``(loss, curvature-vector product, loss_fn)`` at ``params`` for ``curvature``
+  (``"hessian"``: ``value_fn``; ``"gauss_newton"``: ``predict_fn`` and ``output_loss_fn``, and
+  ``value_fn`` if given); ``TypeError`` naming what is missing."""
+  if curvature == "hessian":
+    if value_fn is None:
+      raise utils.missing_argument(
+        "the loss as `value_fn`",
+        "update(grads, state, params, value_fn=loss_fn) with loss_fn(params) -> "
+        "scalar (close over the batch)",
+      )
+    with jax.named_scope("newton_cg_linearize"):
+      value, _, bvp = linearize_hessian(value_fn, params)
+    return value, bvp, value_fn
+  if predict_fn is None or output_loss_fn is None:
+    raise utils.missing_argument(
+      "`predict_fn` and `output_loss_fn` for curvature='gauss_newton'",
+      "update(grads, state, params, predict_fn=lambda p: model.apply(p, x), "
+      "output_loss_fn=lambda outputs: loss(outputs, y)); value_fn is optional and "
+      "defaults to output_loss_fn(predict_fn(params))",
+    )
+  with jax.named_scope("newton_cg_linearize"):
+    value, bvp = linearize_gauss_newton(predict_fn, output_loss_fn, params)
+  if value_fn is None:
+    return value, bvp, lambda p: output_loss_fn(predict_fn(p))
+  return value_fn(params), bvp, value_fn

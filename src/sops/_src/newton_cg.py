@@ -18,6 +18,7 @@ import optax
 from jax import lax
 
 from sops._src import curvature as curv
+from sops._src import damping as damping_lib
 from sops._src import utils
 from sops._src.cg import conjugate_gradient
 
@@ -106,46 +107,45 @@ def _validate(
       raise ValueError(f"max_damping must be >= min_damping={min_damping}, got {max_damping}.")
 
 
-def _missing(what: str, call: str) -> TypeError:
-  return TypeError(f"scale_by_newton_cg.update needs {what}: call {call}.")
-
-
-def _scalar_loss(name: str, fn: Callable[[Any], Any]) -> Callable[[Any], jax.Array]:
-  """``fn`` with its output checked at trace time: a scalar float loss, not ``(loss, aux)``."""
-
-  def checked(p):
-    out = fn(p)
-    if isinstance(out, numbers.Real) and not isinstance(out, bool):
-      out = jnp.asarray(out, jnp.float32)  # a constant loss, e.g. of an empty tree
-    if not hasattr(out, "shape") or not hasattr(out, "dtype"):
-      raise ValueError(
-        f"{name} must return a scalar loss, got a {type(out).__name__}; (loss, aux) pairs "
-        f"(has_aux) are not supported: pass lambda params: {name}(params)[0]."
-      )
-    if jnp.shape(out) != ():
-      raise ValueError(
-        f"{name} must return a scalar loss, got shape {jnp.shape(out)}: reduce it (jnp.mean)."
-      )
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-      raise ValueError(f"{name} must return a float loss, got dtype {out.dtype}.")
-    return out
-
-  return checked
-
-
 def _select(pred, on_true, on_false):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def _unit(tree, axis_name):
-  """``(s, tree / s)`` with ``s = max|tree|`` (1 when zero or not finite): a unit-scaled copy."""
-  s = utils.max_abs(tree, axis_name).astype(_F32)
-  s = jnp.where((s > 0) & jnp.isfinite(s), s, 1)
-  return s, jax.tree.map(lambda x: x / s.astype(x.dtype), tree)
-
-
 def _vdot(u, v, axis_name):
   return utils.pmean_if(optax.tree.vdot(u, v), axis_name)
+
+
+def _prepare(grads, params, state, value_fn, predict_fn, output_loss_fn, warm_start):
+  """Float leaves of ``grads`` and ``params`` (checked against each other and ``init``) and the
+  user's functions on them. Int, bool and float0 leaves take no part: the functions close over
+  their values and the callers pass their gradients through unchanged."""
+  full = params
+  grads, params = utils.float_leaves(grads), utils.float_leaves(params)
+  utils.check_grad_tree(
+    grads,
+    params,
+    what="grads",
+    against="params",
+    context="newton_cg: the gradient tree does not match the params",
+  )
+  if warm_start:
+    utils.check_grad_tree(
+      params,
+      state.cg_solution,
+      what="params",
+      against="init params",
+      context="newton_cg: params do not match the params given to init",
+    )
+
+  def on_floats(fn, name):
+    if fn is None:
+      return None
+    f = lambda p: fn(utils.restore_leaves(p, full))  # noqa: E731
+    return f if name is None else utils.scalar_loss(name, f)
+
+  if output_loss_fn is not None:
+    output_loss_fn = utils.scalar_loss("output_loss_fn", output_loss_fn)
+  return grads, params, on_floats(value_fn, "value_fn"), on_floats(predict_fn, None), output_loss_fn
 
 
 def _make(
@@ -204,64 +204,11 @@ def _make(
 
   def update_fn(grads, state, params, value_fn, predict_fn, output_loss_fn):
     if params is None:
-      raise _missing("params", "update(grads, state, params, value_fn=loss_fn)")
-    # Int, bool and float0 leaves take no part: the functions close over their values and the
-    # callers pass their gradients through unchanged.
-    full = params
-    grads, params = utils.float_leaves(grads), utils.float_leaves(params)
-    utils.check_grad_tree(
-      grads,
-      params,
-      what="grads",
-      against="params",
-      context="newton_cg: the gradient tree does not match the params",
+      raise utils.missing_argument("params", "update(grads, state, params, value_fn=loss_fn)")
+    grads, params, value_fn, predict_fn, output_loss_fn = _prepare(
+      grads, params, state, value_fn, predict_fn, output_loss_fn, warm_start
     )
-    if warm_start:
-      utils.check_grad_tree(
-        params,
-        state.cg_solution,
-        what="params",
-        against="init params",
-        context="newton_cg: params do not match the params given to init",
-      )
-
-    def on_floats(fn, name):
-      if fn is None:
-        return None
-      f = lambda p: fn(utils.restore_leaves(p, full))  # noqa: E731
-      return f if name is None else _scalar_loss(name, f)
-
-    value_fn = on_floats(value_fn, "value_fn")
-    predict_fn = on_floats(predict_fn, None)
-    output_loss_fn = (
-      None if output_loss_fn is None else _scalar_loss("output_loss_fn", output_loss_fn)
-    )
-    if curvature == "hessian":
-      if value_fn is None:
-        raise _missing(
-          "the loss as `value_fn`",
-          "update(grads, state, params, value_fn=loss_fn) with loss_fn(params) -> "
-          "scalar (close over the batch)",
-        )
-      with jax.named_scope("newton_cg_linearize"):
-        value, _, bvp = curv.linearize_hessian(value_fn, params)
-      loss_fn = value_fn
-    else:
-      if predict_fn is None or output_loss_fn is None:
-        raise _missing(
-          "`predict_fn` and `output_loss_fn` for curvature='gauss_newton'",
-          "update(grads, state, params, predict_fn=lambda p: model.apply(p, x), "
-          "output_loss_fn=lambda outputs: loss(outputs, y)); value_fn is optional and "
-          "defaults to output_loss_fn(predict_fn(params))",
-        )
-      with jax.named_scope("newton_cg_linearize"):
-        value, bvp = curv.linearize_gauss_newton(predict_fn, output_loss_fn, params)
-      if value_fn is None:
-        loss_fn = lambda p: output_loss_fn(predict_fn(p))  # noqa: E731
-      else:
-        loss_fn = value_fn
-        value = value_fn(params)
-
+    value, bvp, loss_fn = curv.linearize(curvature, params, value_fn, predict_fn, output_loss_fn)
     value = utils.pmean_if(value, axis_name)
     g = utils.pmean_if(grads, axis_name)
     bvp = curv.average_over(bvp, axis_name)
@@ -283,8 +230,8 @@ def _make(
 
     # Inner products of g and p are taken on copies scaled to max|x| = 1: with a loss times 1e20
     # (or gradients times 1e30) g.g and g.p overflow float32 although every input is finite.
-    sg, gh = _unit(g32, axis_name)
-    sp, ph = _unit(p, axis_name)
+    sg, gh = damping_lib.unit_scaled(g32, axis_name)
+    sp, ph = damping_lib.unit_scaled(p, axis_name)
     gph = _vdot(gh, ph, axis_name)  # g.p / (sg sp)
     if descent_check:
       fallback = (gph >= 0) & (sg > 0)
@@ -309,31 +256,21 @@ def _make(
     # A step whose first-order decrease g.p is below the loss's resolution cannot lower it
     # measurably (a loss times 1e-20 against an absolute damping of 1, or a converged problem).
     stalled = finite & ~(gph < -resolution)
-    new_lam = jnp.asarray(lam, _F32)
-    rho = jnp.zeros((), _F32)
+    new_lam, rho, rejected = jnp.asarray(lam, _F32), jnp.zeros((), _F32), jnp.asarray(False)
     if adaptive_damping:
       with jax.named_scope("newton_cg_damping"):
-        # Undamped quadratic model m(p) = g.p + p.B.p / 2 (Martens & Sutskever 2012), here
-        # m(p) / (sg sp) so that it cannot overflow.
-        model = gph + 0.5 * (sp / sg) * _vdot(ph, matvec(ph), axis_name)
-        finite &= jnp.isfinite(model)
         new_value = utils.pmean_if(loss_fn(optax.tree.add(params, p_out)), axis_name)
-        measurable = model < -resolution
-        change = (new_value.astype(_F32) - value32) / sg / sp
-        ratio = change / jnp.where(measurable, model, -1)
-        ratio = jnp.where(jnp.isfinite(ratio), ratio, -jnp.inf)
-        adj = jnp.asarray(damping_adjustment, _F32)
-        proposed = jnp.where(ratio < 0.25, lam * adj, jnp.where(ratio > 0.75, lam / adj, lam))
-        proposed = jnp.clip(
-          proposed, jnp.asarray(min_damping, _F32), jnp.asarray(max_damping, _F32)
+        new_lam, rho, rejected, stalled, finite = damping_lib.levenberg_marquardt(
+          gph=gph,
+          curvature_term=(sp / sg) * _vdot(ph, matvec(ph), axis_name),
+          change=(new_value.astype(_F32) - value32) / sg / sp,
+          resolution=resolution,
+          damping=lam,
+          finite=finite,
+          min_damping=min_damping,
+          max_damping=max_damping,
+          adjustment=damping_adjustment,
         )
-        new_lam = jnp.where(measurable & finite, proposed, lam).astype(_F32)
-        rho = jnp.where(measurable, jnp.maximum(ratio, jnp.finfo(_F32).min), 0).astype(_F32)
-        # Levenberg-Marquardt step rejection: a full step that does not lower the loss is not taken.
-        rejected = finite & measurable & ~(ratio > 0)
-        stalled = finite & ~measurable
-    else:
-      rejected = jnp.asarray(False)
 
     take = finite & ~rejected
     update = _select(take, p_out, optax.tree.zeros_like(p_out))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -228,3 +229,31 @@ def guarded_update(
 
   out, new_state = lax.cond(everywhere(tree_all_finite(updates)), apply, skip)
   return restore_leaves(jax.tree.unflatten(treedef, out), original), new_state
+
+
+def scalar_loss(name: str, fn: Callable[[Any], Any]) -> Callable[[Any], jax.Array]:
+  """``fn`` with its output checked at trace time: a scalar float loss, not ``(loss, aux)``."""
+
+  def checked(p):
+    out = fn(p)
+    if isinstance(out, numbers.Real) and not isinstance(out, bool):
+      out = jnp.asarray(out, jnp.float32)  # a constant loss, e.g. of an empty tree
+    if not hasattr(out, "shape") or not hasattr(out, "dtype"):
+      raise ValueError(
+        f"{name} must return a scalar loss, got a {type(out).__name__}; (loss, aux) pairs "
+        f"(has_aux) are not supported: pass lambda params: {name}(params)[0]."
+      )
+    if jnp.shape(out) != ():
+      raise ValueError(
+        f"{name} must return a scalar loss, got shape {jnp.shape(out)}: reduce it (jnp.mean)."
+      )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+      raise ValueError(f"{name} must return a float loss, got dtype {out.dtype}.")
+    return out
+
+  return checked
+
+
+def missing_argument(what: str, call: str) -> TypeError:
+  """The ``TypeError`` for a missing extra argument of Newton-CG's ``update``: what, and how."""
+  return TypeError(f"scale_by_newton_cg.update needs {what}: call {call}.")

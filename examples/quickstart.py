@@ -122,6 +122,7 @@ def optimizers(steps: int) -> list[tuple[str, optax.GradientTransformationExtraA
   return [
     ("adam", extra(optax.adam(1e-2)), steps, 256),
     ("shampoo", extra(sops.shampoo(1e-2)), steps, 256),
+    ("soap", extra(sops.soap(1e-2)), steps, 256),
     # Newton-CG: ~10 curvature products per step, so a tenth of the steps on full batches.
     ("newton_cg", sops.newton_cg(), max(1, steps // 10), 2048),
     ("newton_cg (GN)", sops.newton_cg(curvature="gauss_newton"), max(1, steps // 10), 2048),

@@ -97,6 +97,7 @@ def _resume_all(ckpt_path: Path, out_root: Path) -> None:
     np.savez(out_root / f"{key}.npz", **{k: np.asarray(v) for k, v in params.items()})
 
 
+@pytest.mark.slow  # ~70 s (18 compilations); tests/test_shampoo.py has a fast in-process one
 def test_orbax_checkpoint_resumes_bit_for_bit_in_a_fresh_process(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   ckpt_path, out_root = tmp_path / "ckpt", tmp_path / "out"

@@ -41,7 +41,14 @@ def dense_hessian(f, params) -> np.ndarray:
   return np.asarray(jax.hessian(lambda v: f(unravel(v)))(flat))
 
 
-@pytest.mark.parametrize("n,d,h,k", [(7, 3, 4, 3), (5, 2, 3, 2), (9, 4, 2, 4)])
+@pytest.mark.parametrize(
+  "n,d,h,k",
+  [
+    (7, 3, 4, 3),
+    pytest.param(5, 2, 3, 2, marks=pytest.mark.slow),
+    pytest.param(9, 4, 2, 4, marks=pytest.mark.slow),
+  ],
+)
 def test_hvp_matches_jax_hessian_on_pytree_params(n, d, h, k, rng):
   with jax.enable_x64(True):
     params, predict, output_loss = mlp_problem(rng, n, d, h, k)

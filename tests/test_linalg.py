@@ -68,7 +68,7 @@ def _rel_err(x, x_ref):
 
 
 @pytest.mark.parametrize("method", ["coupled_newton", "eigh"])
-@pytest.mark.parametrize("cond", [1e1, 1e3])
+@pytest.mark.parametrize("cond", [pytest.param(1e1, marks=pytest.mark.slow), 1e3])
 def test_well_conditioned_roots_meet_the_float32_accuracy_targets(rng, method, cond):
   # Tier 1 of the spec: the default method reaches 1e-4 at condition <= 1e3 (measured <= 3e-5).
   # eigh is held to the bound of a backward-stable eigensolver: a backward error of n*u*||A||
@@ -85,7 +85,7 @@ def test_well_conditioned_roots_meet_the_float32_accuracy_targets(rng, method, c
     assert np.all(np.asarray(info.error) >= err / 10), (p, err, info.error)
 
 
-@pytest.mark.parametrize("cond", [1e5, 1e6, 1e7])
+@pytest.mark.parametrize("cond", [pytest.param(1e5, marks=pytest.mark.slow), 1e6, 1e7])
 def test_ill_conditioned_coupled_newton_within_2x_of_float32_eigh_and_error_is_honest(rng, cond):
   # Tier 2: no worse than 2x a float32 (LAPACK ssyevd) eigh root of the same input, and the
   # reported error is never below a tenth of the true error (for both methods).
@@ -139,7 +139,9 @@ def test_gradient_outer_product_statistics_match_reference(rng):
 
 
 @pytest.mark.parametrize("method", ["coupled_newton", "eigh"])
-@pytest.mark.parametrize("stats", ["log_spaced", "gradient_outer_products"])
+@pytest.mark.parametrize(
+  "stats", [pytest.param("log_spaced", marks=pytest.mark.slow), "gradient_outer_products"]
+)
 def test_roots_at_condition_1e6_are_accepted_and_their_error_bound_is_honest(rng, method, stats):
   # The reported error must be an upper bound on the true relative error (against the float64
   # root of the same float32 input) and at most 10x above it or above the float32 floor
@@ -167,7 +169,15 @@ def test_roots_at_condition_1e6_are_accepted_and_their_error_bound_is_honest(rng
 
 
 @pytest.mark.parametrize("method", ["coupled_newton", "eigh"])
-@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20, 1e30])
+@pytest.mark.parametrize(
+  "scale",
+  [
+    1e-30,
+    pytest.param(1e-20, marks=pytest.mark.slow),
+    pytest.param(1e20, marks=pytest.mark.slow),
+    1e30,
+  ],
+)
 def test_blocks_of_extreme_scale_are_rooted_at_unit_scale(rng, method, scale):
   # Before per-block normalisation coupled Newton failed both ends (products of 1e-30 entries
   # underflow to 0, of 1e30 entries overflow). The root is (scale-invariant) tier-1 accurate:
@@ -198,6 +208,7 @@ def test_all_zero_block_with_relative_ridge_fails_and_with_absolute_ridge_does_n
   np.testing.assert_allclose(x, np.broadcast_to(0.5 * np.eye(5), x.shape), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_float64_precision_reaches_the_input_rounding_floor(rng):
   # Tier 3: at condition 1e6 the float64 path is within 10x of the error that rounding the input
   # to float32 causes by itself (the "floor"); float32 methods are far above it.
@@ -214,6 +225,7 @@ def test_float64_precision_reaches_the_input_rounding_floor(rng):
   assert np.all(np.asarray(info.error) < 1e-6)
 
 
+@pytest.mark.slow
 def test_padded_blocks_match_unpadded_computation_and_padding_is_identity(rng):
   n, sizes = 32, (5, 17, 32, 1)
   blocks = [_prescribed(rng, 1, k, 1e3)[0] * 10.0 ** rng.uniform(-4, 4) for k in sizes]
@@ -236,6 +248,7 @@ def test_padded_blocks_match_unpadded_computation_and_padding_is_identity(rng):
       assert not np.any(info.failed)
 
 
+@pytest.mark.slow
 def test_jit_vmap_and_any_batch_shape_agree_with_the_batched_call(rng):
   a = _prescribed(rng, 6, 16, 1e2).reshape(2, 3, 16, 16)
   x, info = inverse_pth_root(a, 3)
@@ -249,7 +262,7 @@ def test_jit_vmap_and_any_batch_shape_agree_with_the_batched_call(rng):
   np.testing.assert_allclose(single, x[1, 2], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("bad", [pytest.param(np.nan, marks=pytest.mark.slow), np.inf])
 def test_non_finite_blocks_fail_and_return_the_fallback(rng, bad):
   a = _prescribed(rng, 3, 12, 1e2)
   a[1, 3, 4] = bad

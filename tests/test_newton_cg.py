@@ -299,6 +299,7 @@ def test_learning_rate_schedule_scales_the_newton_direction():
 # The public API the way users run it.
 
 
+@pytest.mark.slow
 def test_jit_and_no_jit_agree():
   params, x, y, predict, out_loss = mlp_problem()
   value_fn = lambda p: out_loss(predict(p, x), y)  # noqa: E731

@@ -249,7 +249,7 @@ def test_failed_root_keeps_previous_preconditioner_and_counts(monkeypatch):
   assert int(state.info.root_failures) == 1
 
 
-@pytest.mark.parametrize("method", ["coupled_newton", "eigh"])
+@pytest.mark.parametrize("method", [pytest.param("coupled_newton", marks=pytest.mark.slow), "eigh"])
 def test_inverse_failure_threshold_accepts_rank_deficient_roots_and_rejects_above_it(method):
   # Statistics of rank-4 gradients in 48x48 and 40x40 factors: float32 roots are at the rounding
   # floor (eigh ~1e-1 residual), which the default threshold accepts; a tiny threshold rejects
@@ -552,7 +552,11 @@ def test_trains_mlp_classifier_below_threshold():
 @pytest.mark.parametrize(
   "root_kw",
   [
-    pytest.param(dict(stagger_roots=False, inverse_root="coupled_newton"), id="sync-newton"),
+    pytest.param(
+      dict(stagger_roots=False, inverse_root="coupled_newton"),
+      id="sync-newton",
+      marks=pytest.mark.slow,
+    ),
     pytest.param(
       dict(stagger_roots=True, inverse_root=sops.RootConfig("eigh", True)),
       id="staggered-tracked-eigh",

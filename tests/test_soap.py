@@ -429,3 +429,18 @@ def test_integer_zero_size_and_scalar_leaves_pass_or_train(rng):
     params = {**params, **optax.apply_updates(floats, {k: u[k] for k in floats})}
   assert float(loss(params)) < float(loss({**params, "w": jnp.ones((5, 3)), "s": jnp.array(0.5)}))
   assert int(state[0].info.nonfinite_skips) == 0
+
+
+def test_float64_statistics_keep_float32_moments_through_refreshes(rng):
+  # The moment rotation at a refresh multiplies by float64 bases: the moments must come back in
+  # their own dtype (a float64 result would change the state's types between steps).
+  with jax.enable_x64(True):
+    params = {"w": jnp.zeros((6, 4), jnp.float32)}
+    tx = sops.scale_by_soap(precondition_every=2, statistics_dtype="float64")
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for _ in range(4):
+      g = {"w": jnp.asarray(rng.standard_normal((6, 4)), jnp.float32)}
+      u, state = update(g, state)
+    assert state.soap_mu["w"].dtype == jnp.float32 and state.soap_nu["w"].dtype == jnp.float32
+    assert u["w"].dtype == jnp.float32 and int(state.info.basis_refreshes) == 2

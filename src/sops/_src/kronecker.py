@@ -70,6 +70,29 @@ def update_statistics(
   return tuple((w_old * s + w_new * c).astype(s.dtype) for s, c in zip(stats, contrib, strict=True))
 
 
+def scheduled_statistics(
+  stats: tuple[jax.Array, ...],
+  blocks: Sequence[jax.Array | None],
+  part: blocking.Partition,
+  b2: jax.typing.ArrayLike,
+  count: jax.Array,
+  every: jax.typing.ArrayLike,
+) -> tuple[tuple[jax.Array, ...], jax.Array]:
+  """:func:`update_statistics` on steps ``1, 1 + every, ...`` (``count`` from 1), else ``stats``.
+
+  Also returns whether the statistics are finite: a huge but finite gradient can overflow
+  ``G G^T``, and the caller skips such a step so the state stays usable (statistics kept from a
+  step that did not update them are finite).
+  """
+
+  def new():
+    out = update_statistics(stats, blocks, part, b2)
+    return out, statistics_finite(out)
+
+  due = (count - 1) % jnp.asarray(every, jnp.int32) == 0
+  return jax.lax.cond(due, new, lambda: (stats, jnp.asarray(True)))
+
+
 def statistics_finite(stats: tuple[jax.Array, ...]) -> jax.Array:
   """Scalar bool: every statistic is finite (a huge gradient can overflow ``G G^T``)."""
   if not stats:

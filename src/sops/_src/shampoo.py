@@ -389,16 +389,10 @@ def scale_by_shampoo(
     nu_leaves, nu_def = jax.tree.flatten(state.graft_nu)
     graft_dir, nu_leaves = grafting.graft_direction(graft, g, nu_leaves, count, b2, eps)
     blocks = kronecker.to_block_list(leaves, part, sdt)
-    do_stats = (count - 1) % jnp.asarray(statistics_every, jnp.int32) == 0
-
     # A huge but finite gradient can overflow G G^T or g^2: such a step is skipped like a
-    # non-finite one, so the state stays usable. Statistics kept from the last step are finite.
-    def new_statistics():
-      stats = kronecker.update_statistics(state.statistics, blocks, part, b2)
-      return stats, kronecker.statistics_finite(stats)
-
-    stats, finite = lax.cond(
-      do_stats, new_statistics, lambda: (state.statistics, jnp.asarray(True))
+    # non-finite one (utils.guarded_update), so the state stays usable.
+    stats, finite = kronecker.scheduled_statistics(
+      state.statistics, blocks, part, b2, count, statistics_every
     )
     finite = finite & utils.tree_all_finite(nu_leaves)
     roots, bases, root_steps, info = refresh_roots(state, stats, count, part)

@@ -71,19 +71,23 @@ def _rotate_moments(mu, nu, old, new, part, group):
     for q, p in zip(new, old, strict=True)
   )
   sq = tuple(r * r for r in rot)
+  return _turn(mu, part, rot, False, group), _turn(nu, part, sq, False, group)
 
-  def turn(leaves, mats):
+
+def _turn(leaves, part, mats, transpose, group, blocks=None):
+  """Every preconditioned leaf multiplied by ``mats`` along its dimensions
+  (:func:`kronecker.precondition_leaves`), back in the leaf's shape and dtype; ``blocks`` are the
+  leaves as blocks when the caller has them already."""
+  if blocks is None:
     blocks = [
       blocking.to_blocks(x, lp) if lp.preconditioned else None
       for x, lp in zip(leaves, part.leaves, strict=True)
     ]
-    turned = kronecker.precondition_leaves(blocks, part, mats, False, group)
-    return [
-      x if xb is None else blocking.from_blocks(xb, lp)
-      for x, xb, lp in zip(leaves, turned, part.leaves, strict=True)
-    ]
-
-  return turn(mu, rot), turn(nu, sq)
+  turned = kronecker.precondition_leaves(blocks, part, mats, transpose, group)
+  return [
+    x if xb is None else blocking.from_blocks(xb, lp).astype(x.dtype)
+    for x, xb, lp in zip(leaves, turned, part.leaves, strict=True)
+  ]
 
 
 def _new_basis(mats, old, basis, k_real, *, first, refresh, qr_method):
@@ -245,11 +249,7 @@ def scale_by_soap(
     """Each preconditioned leaf into the eigenbasis coordinates (or ``back`` out of them)."""
     if blocks is None:
       blocks = kronecker.to_block_list(leaves, part, sdt)
-    turned = kronecker.precondition_leaves(blocks, part, bases, not back, group)
-    return [
-      x if xb is None else blocking.from_blocks(xb, lp).astype(x.dtype)
-      for x, xb, lp in zip(leaves, turned, part.leaves, strict=True)
-    ]
+    return _turn(leaves, part, bases, not back, group, blocks)
 
   def refresh_bases(stats, bases, mu, nu, count, info, part):
     """New eigenbases of every stack and the moments carried into them."""
@@ -286,14 +286,8 @@ def scale_by_soap(
     bc1, bc2 = 1.0 - b1_**count, 1.0 - b2_**count
     dirs = [(m / bc1) / (jnp.sqrt(v / bc2) + eps) for m, v in zip(mu, nu, strict=True)]
     out = rotate(dirs, bases, part, True)
-    do_stats = (count - 1) % jnp.asarray(statistics_every, jnp.int32) == 0
-
-    def new_statistics():
-      stats = kronecker.update_statistics(state.soap_statistics, blocks, part, shampoo_beta2)
-      return stats, kronecker.statistics_finite(stats)
-
-    stats, finite = lax.cond(
-      do_stats, new_statistics, lambda: (state.soap_statistics, jnp.asarray(True))
+    stats, finite = kronecker.scheduled_statistics(
+      state.soap_statistics, blocks, part, shampoo_beta2, count, statistics_every
     )
     finite = finite & utils.tree_all_finite(nu)
     due = (count - 1) % jnp.asarray(precondition_every, jnp.int32) == 0

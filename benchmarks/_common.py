@@ -393,14 +393,10 @@ def make_optimizer(
   schedule = lr_schedule(lr, steps)
   if kind == "adamw":
     return optax.adamw(schedule, weight_decay=weight_decay, **kw)
-  if kind == "shampoo":
-    import sops  # noqa: PLC0415 (only the shampoo rows need it)
+  if kind in ("shampoo", "soap"):
+    import sops  # noqa: PLC0415 (only the sops rows need it)
 
-    return sops.shampoo(schedule, weight_decay=weight_decay, **kw)
-  if kind == "soap":
-    import sops  # noqa: PLC0415
-
-    return sops.soap(schedule, weight_decay=weight_decay, **kw)
+    return getattr(sops, kind)(schedule, weight_decay=weight_decay, **kw)
   if kind == "muon":
     kw = {"adam_weight_decay": weight_decay, "muon_weight_dimension_numbers": muon_dims, **kw}
     return optax.contrib.muon(schedule, weight_decay=weight_decay, **kw)

@@ -130,8 +130,10 @@ def test_drift_is_the_relative_off_diagonal_mass_of_the_real_part(rng):
   qj = jnp.asarray(q[None], jnp.float32)
   got = eb.drift(m, qj, m @ qj, mask2)
   np.testing.assert_allclose(np.asarray(got), [want], rtol=1e-4)
+  # For eigh's basis the O(n^2) formula stops at its cancellation floor, sqrt(n eps) ~ 1e-3 in
+  # float32 (max over 300 seeds: 1.4e-3), far below the drifts SOAP reports (1e-2 and up).
   qe = jnp.linalg.eigh(m)[1]
-  assert float(eb.drift(m, qe, m @ qe, mask2)[0]) < 1e-3
+  assert float(eb.drift(m, qe, m @ qe, mask2)[0]) < 4 * np.sqrt(8 * np.finfo(np.float32).eps)
 
 
 @pytest.mark.parametrize("spectrum", ["cond1e3", "cond1e6", "rank_deficient"])

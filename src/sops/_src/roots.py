@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,11 +75,12 @@ class RootConfig:
     utils.check_scalar("warm_start_tol", self.warm_start_tol, low=0.0, low_inclusive=False)
     utils.check_scalar("max_iters", self.max_iters, low=1, integer=True)
 
-  def resolved(self) -> RootConfig:
-    """This config with ``"auto"`` replaced by the method chosen for the default backend."""
+  def resolved(self, platform: str | None = None) -> RootConfig:
+    """This config with ``"auto"`` replaced by the method chosen for ``platform`` (``"cpu"``,
+    ``"gpu"``, ...; default: the default backend)."""
     if self.method != "auto":
       return self
-    method = "eigh" if jax.default_backend() == "cpu" else "coupled_newton"
+    method = "eigh" if (platform or jax.default_backend()) == "cpu" else "coupled_newton"
     return dataclasses.replace(self, method=method)
 
   @property
@@ -225,4 +228,118 @@ def refresh_stack(
     _unchunk(root_steps, steps, sch, offset),
     jnp.max(jnp.where(failed, 0.0, err)).astype(jnp.float32),
     jnp.sum(failed, dtype=jnp.int32),
+  )
+
+
+class RootResult(NamedTuple):
+  """Inverse roots of a statistics snapshot, before they are installed (one entry per stack)."""
+
+  roots: tuple[jax.Array, ...]  # like the statistics; failed blocks hold the identity
+  bases: tuple[jax.Array, ...]  # the refined eigenbases, or () for untracked root methods
+  failed: tuple[jax.Array, ...]  # (num_factors,) bool per stack
+  error: jax.Array  # shape=(), float32: largest error of the accepted roots
+
+
+def snapshot_roots(
+  stats: tuple[jax.Array, ...],
+  bases: tuple[jax.Array, ...],
+  stack_keys: tuple[tuple[int, int], ...],
+  real_sizes: tuple[tuple[int, ...], ...],
+  compute,
+  axis_name: str | None = None,
+) -> RootResult:
+  """The roots of every stack of ``stats`` (a snapshot), all at once and independent of the
+  preconditioners in use: a failed block's root is the identity here and is replaced by the
+  block's current root when the result is installed (:func:`install`). ``bases`` are the
+  eigenbases of the previous snapshot (tracked warm starts), else ``()``."""
+  roots, new_bases, failed, errs = [], [], [], [jnp.zeros([], jnp.float32)]
+  for i, ((_, p), real) in enumerate(zip(stack_keys, real_sizes, strict=True)):
+    eye = jnp.broadcast_to(jnp.eye(stats[i].shape[-1], dtype=stats[i].dtype), stats[i].shape)
+    mats = after(stats[i], roots[i - 1] if i else None)  # LAPACK stacks in turn
+    fn = functools.partial(compute, p=p)
+    basis = bases[i] if bases else None
+    out, basis, err, bad = split_over_devices(fn, mats, eye, basis, np.asarray(real), axis_name)
+    roots.append(out)
+    if bases:
+      new_bases.append(basis)
+    failed.append(bad)
+    errs.append(jnp.max(jnp.where(bad, 0.0, err)).astype(jnp.float32))
+  return RootResult(tuple(roots), tuple(new_bases), tuple(failed), jnp.max(jnp.stack(errs)))
+
+
+def install(
+  roots: tuple[jax.Array, ...],
+  root_steps: tuple[jax.Array, ...],
+  result: RootResult,
+  step: jax.Array,
+) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...], jax.Array]:
+  """``(roots, root_steps, failures)`` after installing ``result`` at ``step``: accepted blocks
+  take the new root and ``step``, failed blocks keep their current root and step."""
+  new_roots = tuple(
+    jnp.where(f[:, None, None], r, n.astype(r.dtype))
+    for r, n, f in zip(roots, result.roots, result.failed, strict=True)
+  )
+  new_steps = tuple(
+    jnp.where(f, s, step).astype(s.dtype) for s, f in zip(root_steps, result.failed, strict=True)
+  )
+  failures = sum((jnp.sum(f, dtype=jnp.int32) for f in result.failed), jnp.zeros([], jnp.int32))
+  return new_roots, new_steps, failures
+
+
+def install_state(state: Any, result: RootResult, step: jax.Array) -> Any:
+  """A ``ScaleByShampooState`` with the roots of a statistics snapshot installed, as first used
+  at ``step``: also the diagnostics of a root computation."""
+  roots, steps, failures = install(state.preconditioners, state.root_steps, result, step)
+  info = state.info
+  return state._replace(
+    preconditioners=roots,
+    eigenbases=result.bases if state.eigenbases else (),
+    root_steps=steps,
+    info=info._replace(
+      max_root_error=result.error,
+      root_failures=info.root_failures + failures,
+      root_computations=utils.safe_increment(info.root_computations),
+      steps_since_root=jnp.zeros([], jnp.int32),
+    ),
+  )
+
+
+def _static_count(name: str, value: Any) -> int:
+  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == ():
+    value = value.item()
+  utils.check_scalar(name, value, low=0, integer=True)
+  return int(value)
+
+
+def check_pipeline(staleness, external, every, stagger, axis_name) -> tuple[int, int]:
+  """Validates ``root_staleness``/``external_roots``; returns ``(s, snapshot slots)``."""
+  staleness = _static_count("root_staleness", staleness)
+  utils.check_choice("external_roots", external, (True, False))
+  if not (staleness or external):
+    return 0, 0
+  name = "external_roots" if external else "root_staleness"
+  if stagger:
+    raise ValueError(f"{name} cannot be combined with stagger_roots=True.")
+  if external:
+    if axis_name is not None:
+      raise ValueError(
+        "external_roots needs jit (sharded or not), not pmap: axis_name must be None."
+      )
+    return staleness, 0
+  if not isinstance(every, numbers.Integral) or isinstance(every, bool):
+    raise ValueError(f"root_staleness > 0 needs a static int precondition_every, got {every!r}.")
+  return staleness, -(-staleness // int(every))
+
+
+def pick_snapshot(pending, slot):
+  """Snapshot number ``slot`` (traced) of the pending ones."""
+  if len(pending) == 1:
+    return pending[0]
+  return tuple(lax.select_n(slot, *stacks) for stacks in zip(*pending, strict=True))
+
+
+def put_snapshot(pending, slot, stats):
+  return tuple(
+    tuple(jnp.where(slot == i, x, old) for x, old in zip(stats, snap, strict=True))
+    for i, snap in enumerate(pending)
   )

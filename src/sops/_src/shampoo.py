@@ -48,6 +48,8 @@ class ScaleByShampooState(NamedTuple):
   preconditioners: tuple[jax.Array, ...]  # same shapes and dtype: the inverse p-th roots
   eigenbases: tuple[jax.Array, ...]  # same shapes and dtype: the tracked eigenbases (warm-started
   #   eigh roots), or () for other root methods
+  pending_statistics: tuple[tuple[jax.Array, ...], ...]  # root_staleness > 0 only, else ():
+  #   ceil(root_staleness / precondition_every) slots, each a snapshot shaped like statistics
   root_steps: tuple[jax.Array, ...]  # one (num_factors,) int32 per stack: step of each factor's
   #   last accepted root, 0 = none yet (its blocks use the graft direction)
   graft_nu: Any  # tree like params, param dtype promoted to >= float32: the graft's second
@@ -131,6 +133,13 @@ def _momentum(mom_leaves, directions, count, b1, nesterov):
   return out, mom
 
 
+def _root_kernel(cfg, sdt, ridge, threshold):
+  precision = "float64" if sdt == jnp.float64 else "float32"
+  return functools.partial(
+    _roots.compute_roots, cfg=cfg, ridge=ridge, threshold=threshold, precision=precision
+  )
+
+
 def scale_by_shampoo(
   *,
   block_size: int | None = None,
@@ -152,6 +161,8 @@ def scale_by_shampoo(
   statistics_dtype: Any = "float32",
   axis_name: str | None = None,
   num_shards: int | None = None,
+  root_staleness: int = 0,
+  external_roots: bool = False,
 ) -> optax.GradientTransformation:
   r"""Scales updates by blocked Shampoo preconditioning with layer-wise grafting.
 
@@ -222,6 +233,15 @@ def scale_by_shampoo(
       size of the mesh axis that :func:`sops.shampoo_state_sharding` splits the stacks over
       under ``jit`` with shardings (padding entries are empty blocks whose roots are the
       identity and never fail). Static; ``None`` (default) or ``1`` pads nothing.
+    root_staleness: ``s >= 0``, static. With ``s > 0`` the roots are delayed: the statistics of
+      each root step ``t`` are kept as a snapshot and their roots are computed and first used at
+      step ``t + s`` (the seed paper's pipeline, run synchronously inside the step; the
+      reference semantics of :func:`sops.async_shampoo`). Needs a static ``precondition_every``
+      and no ``stagger_roots``; the state holds ``ceil(s / precondition_every)`` snapshots. ``0``:
+      roots of the current statistics, as usual.
+    external_roots: never compute roots in the step: the preconditioners change only when a
+      :class:`sops.AsyncRoots` pipeline (from :func:`sops.async_shampoo`) installs them between
+      steps. Not with ``axis_name`` or ``stagger_roots``.
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a :class:`ScaleByShampooState`.
@@ -273,15 +293,14 @@ def scale_by_shampoo(
     precondition_every = _static_int("precondition_every", precondition_every, None, 1)
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name must be None or a str, got {axis_name!r}.")
+  staleness, slots = _roots.check_pipeline(
+    root_staleness, external_roots, precondition_every, stagger_roots, axis_name
+  )
+  if slots:
+    precondition_every = int(precondition_every)
   cfg = _roots.as_root_config(inverse_root)
   sdt = _statistics_dtype(statistics_dtype)
-  compute = functools.partial(
-    _roots.compute_roots,
-    cfg=cfg,
-    ridge=matrix_epsilon,
-    threshold=inverse_failure_threshold,
-    precision="float64" if sdt == jnp.float64 else "float32",
-  )
+  compute = _root_kernel(cfg, sdt, matrix_epsilon, inverse_failure_threshold)
 
   def plan(leaves) -> blocking.Partition:
     shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
@@ -313,6 +332,7 @@ def scale_by_shampoo(
       statistics=stats,
       preconditioners=eyes(),
       eigenbases=eyes() if cfg.tracks_basis else (),
+      pending_statistics=tuple(tuple(jnp.zeros_like(x) for x in stats) for _ in range(slots)),
       root_steps=tuple(jnp.zeros(x.shape[:1], jnp.int32) for x in stats),
       graft_nu=grafting.init_graft(graft, params),
       shampoo_momentum=jax.tree.map(
@@ -364,6 +384,31 @@ def scale_by_shampoo(
     )
     return tuple(roots), tuple(bases), tuple(steps), new_info
 
+  def delayed_roots(state, stats, count, part):
+    """Installs the roots of the snapshot of step ``count - s``, then snapshots ``stats``."""
+    since = count - jnp.asarray(start_preconditioning_step, jnp.int32)
+    late = since - staleness
+    pending = state.pending_statistics
+
+    def work():
+      snap = _roots.pick_snapshot(pending, (late // precondition_every) % slots)
+      result = _roots.snapshot_roots(
+        snap, state.eigenbases, part.stack_keys, part.real_sizes, compute, axis_name
+      )
+      new = _roots.install_state(state, result, count)
+      return new.preconditioners, new.eigenbases, new.root_steps, new.info
+
+    def keep():
+      info = state.info._replace(steps_since_root=utils.safe_increment(state.info.steps_since_root))
+      return state.preconditioners, state.eigenbases, state.root_steps, info
+
+    with jax.named_scope("shampoo_roots"):
+      out = lax.cond((late >= 0) & (late % precondition_every == 0), work, keep)
+    slot = (since // precondition_every) % slots
+    take = (since >= 0) & (since % precondition_every == 0)
+    pending = lax.cond(take, lambda: _roots.put_snapshot(pending, slot, stats), lambda: pending)
+    return (*out, pending)
+
   def directions(leaves, graft_dir, blocks, roots, root_steps, count, part):
     """Shampoo's direction where a block has all its roots, rescaled to the graft's norm."""
     use_shampoo = count >= jnp.asarray(start_preconditioning_step, jnp.int32)
@@ -395,7 +440,14 @@ def scale_by_shampoo(
       state.statistics, blocks, part, b2, count, statistics_every
     )
     finite = finite & utils.tree_all_finite(nu_leaves)
-    roots, bases, root_steps, info = refresh_roots(state, stats, count, part)
+    pending = state.pending_statistics
+    if external_roots:
+      roots, bases, root_steps = state.preconditioners, state.eigenbases, state.root_steps
+      info = state.info._replace(steps_since_root=utils.safe_increment(state.info.steps_since_root))
+    elif staleness:
+      roots, bases, root_steps, info, pending = delayed_roots(state, stats, count, part)
+    else:
+      roots, bases, root_steps, info = refresh_roots(state, stats, count, part)
     dirs = directions(leaves, graft_dir, blocks, roots, root_steps, count, part)
     out, mom = _momentum(mom_leaves, dirs, count, b1, nesterov)
     new_state = ScaleByShampooState(
@@ -403,6 +455,7 @@ def scale_by_shampoo(
       statistics=stats,
       preconditioners=roots,
       eigenbases=bases,
+      pending_statistics=pending,
       root_steps=root_steps,
       graft_nu=jax.tree.unflatten(nu_def, nu_leaves),
       shampoo_momentum=jax.tree.unflatten(mom_def, mom),
@@ -445,6 +498,8 @@ def shampoo(
   statistics_dtype: Any = "float32",
   axis_name: str | None = None,
   num_shards: int | None = None,
+  root_staleness: int = 0,
+  external_roots: bool = False,
 ) -> optax.GradientTransformation:
   r"""Shampoo with decoupled weight decay and a learning rate (float or schedule).
 
@@ -478,6 +533,8 @@ def shampoo(
     axis_name: ``pmap`` axis over which root work is split.
     num_shards: pad the stacks to a multiple of this (see :func:`sops.shampoo_state_sharding`);
       ``None`` pads nothing.
+    root_staleness: steps between a statistics snapshot and the first use of its roots.
+    external_roots: leave the roots to a :class:`sops.AsyncRoots` pipeline.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -523,6 +580,8 @@ def shampoo(
       statistics_dtype=statistics_dtype,
       axis_name=axis_name,
       num_shards=num_shards,
+      root_staleness=root_staleness,
+      external_roots=external_roots,
     )
   ]
   if not (isinstance(weight_decay, numbers.Real) and weight_decay == 0.0):

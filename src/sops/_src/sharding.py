@@ -118,6 +118,7 @@ def shampoo_state_sharding(
       statistics=stacks(x.statistics),
       preconditioners=stacks(x.preconditioners),
       eigenbases=stacks(x.eigenbases),
+      pending_statistics=tuple(stacks(snap) for snap in x.pending_statistics),
       root_steps=stacks(x.root_steps),
       graft_nu=_like(x.graft_nu, like_params),
       shampoo_momentum=_like(x.shampoo_momentum, like_params),

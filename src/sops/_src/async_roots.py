@@ -1,0 +1,259 @@
+# Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
+"""Shampoo's inverse roots computed on another device while training goes on (seed paper, Sec. 5).
+
+The optax transform stays pure: built with ``external_roots=True`` it never computes roots and
+preconditions with whatever its state holds. An :class:`AsyncRoots` pipeline, called once after
+every optimizer step, takes a snapshot of the statistics at each root step ``t``, dispatches their
+root computation to the root device (JAX's asynchronous dispatch: the call returns at once) and
+installs the finished roots into the state with a pure jitted function just before step ``t + s``.
+With the same hyperparameters this is exactly ``sops.shampoo(..., root_staleness=s)``, whose pure
+``jit`` "delayed roots" mode computes the same roots inside step ``t + s``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sops._src import roots as _roots
+from sops._src import utils
+from sops._src.shampoo import (
+  _DEFAULT_BLOCK_SIZE,
+  _DEFAULT_MAX_PRECONDITIONER_DIM,
+  ScaleByShampooState,
+  _partition,
+  _root_kernel,
+  _static_int,
+  shampoo,
+)
+
+_ROOT_ARGS = (
+  "block_size",
+  "max_preconditioner_dim",
+  "merge_small_dims",
+  "exponent_override",
+  "num_shards",
+  "inverse_root",
+  "matrix_epsilon",
+  "inverse_failure_threshold",
+)
+
+
+def _root_function(momentum: Any, sdt: Any, **kwargs: Any):
+  """``(statistics, eigenbases) -> RootResult``: the roots as :func:`sops.shampoo` with the
+  hyperparameters ``kwargs`` (among ``_ROOT_ARGS``) computes them, for parameters shaped like
+  ``momentum``; not yet installed (failed blocks hold the identity)."""
+  get = kwargs.get
+  part = _partition(
+    tuple(tuple(jnp.shape(x)) for x in jax.tree.leaves(momentum)),
+    _static_int("block_size", get("block_size"), _DEFAULT_BLOCK_SIZE, 1),
+    _static_int(
+      "max_preconditioner_dim", get("max_preconditioner_dim"), _DEFAULT_MAX_PRECONDITIONER_DIM, 1
+    ),
+    get("merge_small_dims", True),
+    _static_int("exponent_override", get("exponent_override"), None, 1),
+    _static_int("num_shards", get("num_shards"), 1, 1),
+  )
+  cfg = _roots.as_root_config(get("inverse_root", "auto"))
+  ridge, threshold = get("matrix_epsilon", 1e-6), get("inverse_failure_threshold", 1.0)
+  compute = _root_kernel(cfg, sdt, ridge, threshold)
+
+  def fn(stats, bases):
+    return _roots.snapshot_roots(stats, bases, part.stack_keys, part.real_sizes, compute)
+
+  return fn
+
+
+def _is_shampoo(x: Any) -> bool:
+  return isinstance(x, ScaleByShampooState)
+
+
+def _shampoo_state(opt_state: Any) -> ScaleByShampooState:
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_shampoo) if _is_shampoo(x)]
+  if len(found) != 1:
+    raise ValueError(
+      f"AsyncRoots needs an optimizer state holding exactly one ScaleByShampooState, found "
+      f"{len(found)}: pass the state of the optimizer returned by sops.async_shampoo."
+    )
+  if found[0].pending_statistics:
+    raise ValueError("AsyncRoots installs roots itself: build Shampoo without root_staleness.")
+  return found[0]
+
+
+class AsyncRoots:
+  r"""Computes Shampoo's inverse roots on a second device while training runs (seed paper's
+  pipeline); made by :func:`sops.async_shampoo`, called once after every optimizer step.
+
+  At each root step ``t`` (``start_preconditioning_step + j * precondition_every``) the call
+  copies the statistics to ``device`` and dispatches their root computation there without
+  waiting for it (JAX's asynchronous dispatch); the call after step ``t + s - 1`` installs the
+  roots with a pure jitted function, so step ``t + s`` is the first to use them
+  (``s = root_staleness``; installing waits for the roots only if they are not done by then).
+  Trajectories equal ``sops.shampoo(..., root_staleness=s)`` (same hyperparameters) bit for bit
+  when both run on the same kind of device. The schedule counts calls, so call it after every
+  step (a step skipped for non-finite gradients still counts here, not in ``shampoo_count``).
+
+  Checkpoint :meth:`state_dict` (a pytree of arrays and ints: the snapshots in flight) with the
+  optimizer state; :meth:`load_state_dict` on a fresh pipeline recomputes them, so a run resumed
+  mid-flight installs the same roots at the same steps.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, sops
+    >>> params = {"w": jnp.ones((8, 4))}
+    >>> tx, roots = sops.async_shampoo(0.1, root_staleness=2, precondition_every=5,
+    ...                                start_preconditioning_step=1)
+    >>> state = tx.init(params)
+    >>> loss = lambda p: jnp.sum((p["w"] - 2.0) ** 2)
+    >>> @jax.jit
+    ... def step(params, state):
+    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
+    ...   return optax.apply_updates(params, updates), state
+    >>> for _ in range(20):
+    ...   params, state = step(params, state)
+    ...   state = roots(state)  # dispatches root computations, installs finished ones
+    >>> int(state[0].info.root_computations)
+    4
+
+  References:
+    Anil, Gupta, Koren, Regan, Singer, "Scalable Second Order Optimization for Deep Learning",
+    arXiv:2002.09018, Section 5.
+  """
+
+  def __init__(self, root_kwargs: dict, staleness: int, every: int, start: int, device: Any):
+    self._root_kwargs = root_kwargs
+    self.staleness, self.every, self.start, self.device = staleness, every, start, device
+    self.step = 0
+    self._fn = None  # built at the first root step, from the parameter shapes
+    self._install = jax.jit(_roots.install_state)
+    self._pending: list[list[Any]] = []  # [install_at, statistics, eigenbases, result or None]
+
+  def _dispatch(self, node: ScaleByShampooState) -> None:
+    if self._fn is None:
+      sdt = node.statistics[0].dtype if node.statistics else jnp.float32
+      self._fn = jax.jit(_root_function(node.shampoo_momentum, sdt, **self._root_kwargs))
+    for entry in self._pending:
+      if entry[3] is None:  # restored from a checkpoint
+        entry[3] = self._fn(*jax.device_put(entry[1:3], self.device))
+
+  def __call__(self, opt_state: Any) -> Any:
+    """Advances the pipeline after one optimizer step; returns ``opt_state`` with the roots due
+    at the next step installed (unchanged otherwise)."""
+    node = _shampoo_state(opt_state)
+    self.step += 1
+    since = self.step - self.start
+    if since >= 0 and since % self.every == 0:
+      bases = node.eigenbases
+      self._dispatch(node)
+      if self._pending:  # warm starts chain through the computations in flight
+        bases = self._pending[-1][3].bases
+      stats = jax.device_put((node.statistics, bases), self.device)
+      self._pending.append([self.step + self.staleness, *stats, self._fn(*stats)])
+    if not self._pending or self._pending[0][0] != self.step + 1:
+      return opt_state
+    self._dispatch(node)
+    result = self._pending.pop(0)[3]
+    like = _roots.RootResult(
+      roots=tuple(x.sharding for x in node.preconditioners),
+      bases=tuple(x.sharding for x in node.eigenbases) if result.bases else (),
+      failed=tuple(x.sharding for x in node.root_steps),
+      error=node.info.max_root_error.sharding,
+    )
+    step = jax.device_put(jnp.asarray(self.step + 1, jnp.int32), node.shampoo_count.sharding)
+    new = self._install(node, jax.device_put(result, like), step)
+    return jax.tree.map(lambda x: new if _is_shampoo(x) else x, opt_state, is_leaf=_is_shampoo)
+
+  def state_dict(self) -> dict[str, Any]:
+    """The pipeline's state for a checkpoint: ``{"step": int, "pending": [...]}`` (the install
+    step, statistics snapshot and warm-start eigenbases of every computation in flight)."""
+    return {
+      "step": self.step,
+      "pending": [
+        {"install_at": t, "statistics": s, "eigenbases": b} for t, s, b, _ in self._pending
+      ],
+    }
+
+  def load_state_dict(self, state: dict[str, Any]) -> None:
+    """Restores :meth:`state_dict`; the computations in flight are dispatched again at the next
+    call."""
+    self.step = int(state["step"])
+    self._pending = [
+      [int(p["install_at"]), tuple(p["statistics"]), tuple(p["eigenbases"]), None]
+      for p in state["pending"]
+    ]
+
+
+def async_shampoo(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  root_staleness: int = 1,
+  root_device: Any = None,
+  precondition_every: int = 50,
+  start_preconditioning_step: int = 10,
+  inverse_root: str | _roots.RootConfig = "auto",
+  **kwargs: Any,
+) -> tuple[optax.GradientTransformation, AsyncRoots]:
+  r"""Shampoo whose inverse roots are computed asynchronously on another device.
+
+  Returns a pure optax transform (``sops.shampoo(..., external_roots=True)``) and the
+  :class:`AsyncRoots` pipeline that feeds it: call ``state = roots(state)`` after every optimizer
+  step. The roots of the statistics at root step ``t`` are computed on ``root_device`` while the
+  training device runs steps ``t + 1 .. t + s - 1`` and are first used at step ``t + s`` (``s =
+  root_staleness``), exactly as ``sops.shampoo(..., root_staleness=s)`` computes them inside the
+  step. This is the seed paper's pipeline: accelerators train while the host CPUs compute roots.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    root_staleness: ``s >= 1``: steps from a statistics snapshot to the first use of its roots.
+    root_device: the JAX device computing the roots (default: the last CPU device, i.e. the host
+      when training on an accelerator).
+    precondition_every: steps between root computations (a static int here).
+    start_preconditioning_step: first root step (a static int here).
+    inverse_root: root method; ``"auto"`` is resolved for ``root_device``'s platform (``"eigh"``
+      on a CPU).
+    **kwargs: every other argument of :func:`sops.shampoo` (not ``stagger_roots``,
+      ``axis_name``, ``root_staleness``).
+
+  Returns:
+    ``(tx, roots)``: the ``optax.GradientTransformation`` and its :class:`AsyncRoots`.
+
+  Raises:
+    ValueError: naming an invalid argument.
+
+  Examples:
+    >>> import jax, sops
+    >>> tx, roots = sops.async_shampoo(3e-3, root_staleness=10, root_device=jax.devices("cpu")[-1])
+
+  References:
+    Anil, Gupta, Koren, Regan, Singer, "Scalable Second Order Optimization for Deep Learning",
+    arXiv:2002.09018, Section 5 and Figure 2 (preconditioners computed on the host CPUs).
+  """
+  for name, value, low in (
+    ("root_staleness", root_staleness, 1),
+    ("precondition_every", precondition_every, 1),
+    ("start_preconditioning_step", start_preconditioning_step, 1),
+  ):
+    utils.check_scalar(name, value, low=low, integer=True)
+  for name in ("root_staleness", "external_roots"):
+    if name in kwargs:
+      raise ValueError(f"async_shampoo sets {name} itself; do not pass it.")
+  device = jax.devices("cpu")[-1] if root_device is None else root_device
+  if not isinstance(device, jax.Device):
+    raise ValueError(f"root_device must be a jax.Device, got {device!r}.")
+  cfg = _roots.RootConfig(inverse_root) if isinstance(inverse_root, str) else inverse_root
+  if not isinstance(cfg, _roots.RootConfig):
+    raise ValueError(f"inverse_root must be a str or a sops.RootConfig, got {inverse_root!r}.")
+  cfg = cfg.resolved(device.platform)
+  tx = shampoo(
+    learning_rate,
+    precondition_every=precondition_every,
+    start_preconditioning_step=start_preconditioning_step,
+    inverse_root=cfg,
+    external_roots=True,
+    **kwargs,
+  )
+  root_kwargs = {k: v for k, v in kwargs.items() if k in _ROOT_ARGS} | {"inverse_root": cfg}
+  every, start = int(precondition_every), int(start_preconditioning_step)
+  return tx, AsyncRoots(root_kwargs, int(root_staleness), every, start, device)

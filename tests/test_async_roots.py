@@ -1,0 +1,204 @@
+# Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
+"""Delayed and asynchronous Shampoo roots: exact semantics, bit-for-bit equivalence, checkpoints."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import sops
+from sops._src import async_roots
+
+KW = dict(start_preconditioning_step=2, precondition_every=5, block_size=16)
+EVERY, START = 5, 2
+
+
+def _params():
+  return {"w": jnp.ones((20, 12)), "v": jnp.ones((6, 30)), "b": jnp.zeros(3)}
+
+
+def _grads(i, params):
+  keys = jax.random.split(jax.random.key(i), len(params))
+  return {
+    k: jax.random.normal(key, params[k].shape) for key, k in zip(keys, sorted(params), strict=True)
+  }
+
+
+def _run(tx, roots=None, steps=30, params=None, state=None, first=0):
+  params = _params() if params is None else params
+  state = tx.init(params) if state is None else state
+
+  @jax.jit
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  states = []
+  for i in range(first, first + steps):
+    params, state = step(params, state, _grads(i, params))
+    states.append(state)
+    if roots is not None:
+      state = roots(state)
+  return params, state, states
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_staleness_zero_is_synchronous_shampoo():
+  p0, s0, _ = _run(sops.shampoo(1e-2, **KW))
+  p1, s1, _ = _run(sops.shampoo(1e-2, root_staleness=0, **KW))
+  _assert_trees_equal((p0, s0), (p1, s1))
+  assert s1[0].pending_statistics == ()
+
+
+@pytest.mark.parametrize("staleness", [pytest.param(1, marks=pytest.mark.slow), 3, 5, 12])
+def test_delayed_roots_in_use_at_t_plus_s_are_the_roots_of_the_statistics_at_t(staleness):
+  # Every root step t: the preconditioners of the state after step t + s are the roots of the
+  # statistics after step t (recomputed here outside the step), and none change in between.
+  _, _, states = _run(sops.shampoo(1e-2, root_staleness=staleness, **KW), steps=30)
+  tracker = states[0][0]
+  fn = jax.jit(async_roots._root_function(tracker.shampoo_momentum, jnp.float32, block_size=16))
+  root_steps = [t for t in range(START, 31) if (t - START) % EVERY == 0]
+  installs = {t + staleness for t in root_steps if t + staleness <= 30}
+  assert installs
+  for t in range(2, 31):
+    before, after = states[t - 2][0], states[t - 1][0]  # after steps t - 1 and t
+    if t in installs:
+      want = fn(states[t - staleness - 1][0].statistics, ())
+      for got, new in zip(after.preconditioners, want.roots, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(new), rtol=1e-6, atol=1e-6)
+      assert all(bool(jnp.all(s == t)) for s in after.root_steps)
+    else:
+      _assert_trees_equal(before.preconditioners, after.preconditioners)
+  assert int(states[-1][0].info.root_computations) == len(installs)
+  assert len(states[-1][0].pending_statistics) == -(-staleness // EVERY)
+
+
+@pytest.mark.parametrize(
+  "staleness, inverse_root",
+  [
+    pytest.param(1, "eigh", marks=pytest.mark.slow),
+    (5, "eigh"),
+    pytest.param(12, "eigh", marks=pytest.mark.slow),
+    pytest.param(3, "coupled_newton", marks=pytest.mark.slow),
+    (12, sops.RootConfig("eigh", warm_start=True)),
+  ],
+)
+def test_async_pipeline_equals_delayed_roots_bit_for_bit(devices, staleness, inverse_root):
+  kw = dict(KW, inverse_root=inverse_root)
+  p0, s0, _ = _run(sops.shampoo(1e-2, root_staleness=staleness, **kw))
+  tx, roots = sops.async_shampoo(1e-2, root_staleness=staleness, root_device=devices[1], **kw)
+  p1, s1, _ = _run(tx, roots)
+  _assert_trees_equal(p0, p1)
+  for field in ("statistics", "preconditioners", "eigenbases", "root_steps", "shampoo_momentum"):
+    _assert_trees_equal(getattr(s0[0], field), getattr(s1[0], field))
+  i0, i1 = s0[0].info, s1[0].info
+  assert int(i0.root_computations) == int(i1.root_computations) > 0
+  assert float(i0.max_root_error) == float(i1.max_root_error)
+  # The pipeline installs between steps: one more step has run on the new roots.
+  assert int(i1.steps_since_root) == int(i0.steps_since_root) + 1
+
+
+def test_async_pipeline_resumes_mid_flight_from_a_checkpoint(devices):
+  # staleness 12 > precondition_every: two computations in flight at the checkpoint.
+  make = lambda: sops.async_shampoo(1e-2, root_staleness=12, root_device=devices[1], **KW)  # noqa: E731
+  tx, roots = make()
+  params, state, _ = _run(tx, roots, steps=20)
+  assert len(roots.state_dict()["pending"]) == 2
+  saved = jax.tree.map(np.asarray, (params, state, roots.state_dict()))  # a host round trip
+  p_ref, s_ref, _ = _run(tx, roots, steps=15, params=params, state=state, first=20)
+
+  tx2, roots2 = make()
+  params2, state2, pipeline = jax.tree.map(jnp.asarray, saved)
+  roots2.load_state_dict(pipeline)
+  p_new, s_new, _ = _run(tx2, roots2, steps=15, params=params2, state=state2, first=20)
+  _assert_trees_equal((p_ref, s_ref), (p_new, s_new))
+
+
+def test_delayed_roots_resume_from_a_checkpoint():
+  tx = sops.shampoo(1e-2, root_staleness=7, **KW)
+  params, state, _ = _run(tx, steps=13)
+  p_ref, s_ref, _ = _run(tx, steps=10, params=params, state=state, first=13)
+  saved = jax.tree.map(np.asarray, (params, state))
+  params, state = jax.tree.map(jnp.asarray, saved)
+  p_new, s_new, _ = _run(tx, steps=10, params=params, state=state, first=13)
+  _assert_trees_equal((p_ref, s_ref), (p_new, s_new))
+
+
+def test_delayed_roots_under_sharded_jit_match_one_device(devices):
+  n = len(devices)
+  mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=devices)
+  rep = NamedSharding(mesh, P())
+  tx = sops.shampoo(1e-2, root_staleness=7, num_shards=n, **KW)
+  state = tx.init(_params())
+  shardings = sops.shampoo_state_sharding(state, mesh, "data")
+  assert shardings[0].pending_statistics[0][0].spec == P("data")
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  sharded = jax.jit(step, in_shardings=(rep, shardings, rep), out_shardings=(rep, shardings))
+  params, state = jax.device_put(_params(), rep), jax.device_put(state, shardings)
+  for i in range(20):
+    params, state = sharded(params, state, _grads(i, params))
+  p_ref, _, _ = _run(tx, steps=20)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p_ref), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_delayed_roots_under_pmap_match_one_device(devices):
+  n = len(devices)
+  tx = sops.shampoo(1e-2, root_staleness=3, axis_name="i", **KW)
+  params = _params()
+  rep = lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), t)  # noqa: E731
+
+  @functools.partial(jax.pmap, axis_name="i")
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  p, s = rep(params), rep(tx.init(params))
+  for i in range(15):
+    p, s = step(p, s, rep(_grads(i, jax.tree.map(lambda x: x[0], p))))
+  p_ref, _, _ = _run(sops.shampoo(1e-2, root_staleness=3, **KW), steps=15)
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_ref), strict=True):
+    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_invalid_pipeline_arguments_raise():
+  with pytest.raises(ValueError, match="root_staleness"):
+    sops.shampoo(1e-2, root_staleness=-1)
+  with pytest.raises(ValueError, match="stagger_roots"):
+    sops.shampoo(1e-2, root_staleness=2, stagger_roots=True)
+  with pytest.raises(ValueError, match="precondition_every"):
+    sops.scale_by_shampoo(root_staleness=2, precondition_every=jnp.asarray(5.0))
+  with pytest.raises(ValueError, match="axis_name"):
+    sops.shampoo(1e-2, external_roots=True, axis_name="i")
+  with pytest.raises(ValueError, match="external_roots"):
+    sops.shampoo(1e-2, external_roots="yes")
+  with pytest.raises(ValueError, match="root_staleness"):
+    sops.async_shampoo(1e-2, root_staleness=0)
+  with pytest.raises(ValueError, match="root_device"):
+    sops.async_shampoo(1e-2, root_device="cpu:1")
+  with pytest.raises(ValueError, match="external_roots"):
+    sops.async_shampoo(1e-2, external_roots=False)
+  _, roots = sops.async_shampoo(1e-2)
+  with pytest.raises(ValueError, match="exactly one ScaleByShampooState"):
+    roots(optax.adam(1e-3).init(_params()))
+
+
+def test_async_pipeline_in_a_chain_with_inject_hyperparams(devices):
+  # The pipeline finds the Shampoo state inside wrappers; the learning rate stays injectable.
+  tx, roots = sops.async_shampoo(1e-2, root_staleness=2, root_device=devices[1], **KW)
+  chained = optax.chain(optax.clip_by_global_norm(1.0), tx)
+  _, state, _ = _run(chained, roots, steps=12)
+  assert int(optax.tree.get(state, "info").root_computations) == 2

@@ -5,14 +5,19 @@ Public API:
 
 * :func:`sops.newton_cg` / :func:`sops.scale_by_newton_cg` -- Hessian-free Newton-CG
   (Reiz, Neckel, Bungartz, arXiv:2208.02017; Martens 2010).
+* :func:`sops.newton_cg_minimize` -- the whole Newton-CG solve of a full-batch problem in one
+  jitted ``lax.while_loop`` (Nocedal & Wright, Algorithm 7.1).
 * :func:`sops.shampoo` / :func:`sops.scale_by_shampoo` -- blocked Shampoo
-  (Anil, Gupta, Koren, Regan, Singer, arXiv:2002.09018).
+  (Anil, Gupta, Koren, Regan, Singer, arXiv:2002.09018); :func:`sops.async_shampoo` computes its
+  roots on another device while training runs.
 * :func:`sops.soap` / :func:`sops.scale_by_soap` -- Adam in Shampoo's eigenbasis
   (Vyas et al., arXiv:2409.11321).
 * :mod:`sops.linalg` -- the numerical kernels (batched inverse p-th roots, pytree CG).
 """
 
 from sops import linalg
+from sops._src.async_roots import AsyncRoots, async_shampoo
+from sops._src.minimize import NewtonCGMinimizeInfo, newton_cg_minimize
 from sops._src.newton_cg import (
   NewtonCGInfo,
   ScaleByNewtonCGState,
@@ -32,7 +37,9 @@ from sops._src.soap import ScaleBySoapState, SoapInfo, scale_by_soap, soap
 __version__ = "0.1.0"
 
 __all__ = [
+  "AsyncRoots",
   "NewtonCGInfo",
+  "NewtonCGMinimizeInfo",
   "RootConfig",
   "ScaleByNewtonCGState",
   "ScaleByShampooState",
@@ -40,8 +47,10 @@ __all__ = [
   "ShampooInfo",
   "SoapInfo",
   "__version__",
+  "async_shampoo",
   "linalg",
   "newton_cg",
+  "newton_cg_minimize",
   "scale_by_newton_cg",
   "scale_by_shampoo",
   "scale_by_soap",

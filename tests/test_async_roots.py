@@ -29,7 +29,7 @@ def _grads(i, params):
   }
 
 
-def _run(tx, roots=None, steps=30, params=None, state=None, first=0):
+def _run(tx, roots=None, steps=30, params=None, state=None, first=0, wait=False):
   params = _params() if params is None else params
   state = tx.init(params) if state is None else state
 
@@ -44,6 +44,8 @@ def _run(tx, roots=None, steps=30, params=None, state=None, first=0):
     states.append(state)
     if roots is not None:
       state = roots(state)
+      if wait:  # no eigh on one CPU device while another trains: they can deadlock
+        roots.wait()
   return params, state, states
 
 
@@ -96,7 +98,7 @@ def test_async_pipeline_equals_delayed_roots_bit_for_bit(devices, staleness, inv
   kw = dict(KW, inverse_root=inverse_root)
   p0, s0, _ = _run(sops.shampoo(1e-2, root_staleness=staleness, **kw))
   tx, roots = sops.async_shampoo(1e-2, root_staleness=staleness, root_device=devices[1], **kw)
-  p1, s1, _ = _run(tx, roots)
+  p1, s1, _ = _run(tx, roots, wait=inverse_root != "coupled_newton")
   _assert_trees_equal(p0, p1)
   for field in ("statistics", "preconditioners", "eigenbases", "root_steps", "shampoo_momentum"):
     _assert_trees_equal(getattr(s0[0], field), getattr(s1[0], field))
@@ -202,3 +204,12 @@ def test_async_pipeline_in_a_chain_with_inject_hyperparams(devices):
   chained = optax.chain(optax.clip_by_global_norm(1.0), tx)
   _, state, _ = _run(chained, roots, steps=12)
   assert int(optax.tree.get(state, "info").root_computations) == 2
+
+
+def test_auto_roots_avoid_cpu_eigh_next_to_cpu_training(devices):
+  # On a CPU-only process XLA's eigh shares the client's thread pool with training: coupled
+  # Newton overlaps, so "auto" picks it; an explicit method is kept.
+  _, roots = sops.async_shampoo(1e-2, root_device=devices[1])
+  assert roots._root_kwargs["inverse_root"].method == "coupled_newton"
+  _, roots = sops.async_shampoo(1e-2, root_device=devices[1], inverse_root="eigh")
+  assert roots._root_kwargs["inverse_root"].method == "eigh"

@@ -12,6 +12,8 @@ With the same hyperparameters this is exactly ``sops.shampoo(..., root_staleness
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 from typing import Any
 
 import jax
@@ -128,33 +130,47 @@ class AsyncRoots:
     self.step = 0
     self._fn = None  # built at the first root step, from the parameter shapes
     self._install = jax.jit(_roots.install_state)
-    self._pending: list[list[Any]] = []  # [install_at, statistics, eigenbases, result or None]
+    # One worker thread runs the computations in order (JAX releases the GIL while they run);
+    # each entry is [install_at, statistics on device, Future of (input eigenbases, result)].
+    self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sops-roots")
+    self._pending: list[list[Any]] = []
+    self._restored: list[list[Any]] = []  # [install_at, statistics, eigenbases] to resubmit
 
-  def _dispatch(self, node: ScaleByShampooState) -> None:
+  def _submit(self, stats: Any, bases: Any) -> concurrent.futures.Future:
+    """Computes the roots of ``stats`` on the worker; ``bases`` may be the Future of the
+    previous computation, whose output eigenbases warm-start this one."""
+
+    def run():
+      inputs = bases.result()[1].bases if isinstance(bases, concurrent.futures.Future) else bases
+      return inputs, jax.block_until_ready(self._fn(stats, inputs))
+
+    return self._worker.submit(run)
+
+  def _build(self, node: ScaleByShampooState) -> None:
     if self._fn is None:
       sdt = node.statistics[0].dtype if node.statistics else jnp.float32
       self._fn = jax.jit(_root_function(node.shampoo_momentum, sdt, **self._root_kwargs))
-    for entry in self._pending:
-      if entry[3] is None:  # restored from a checkpoint
-        entry[3] = self._fn(*jax.device_put(entry[1:3], self.device))
+    for install_at, stats, bases in self._restored:
+      stats, bases = jax.device_put((stats, bases), self.device)
+      self._pending.append([install_at, stats, self._submit(stats, bases)])
+    self._restored = []
 
   def __call__(self, opt_state: Any) -> Any:
     """Advances the pipeline after one optimizer step; returns ``opt_state`` with the roots due
     at the next step installed (unchanged otherwise)."""
     node = _shampoo_state(opt_state)
+    self._build(node)
     self.step += 1
     since = self.step - self.start
     if since >= 0 and since % self.every == 0:
-      bases = node.eigenbases
-      self._dispatch(node)
+      # Copies issued now, before the next step may donate these buffers.
+      stats, bases = jax.device_put((node.statistics, node.eigenbases), self.device)
       if self._pending:  # warm starts chain through the computations in flight
-        bases = self._pending[-1][3].bases
-      stats = jax.device_put((node.statistics, bases), self.device)
-      self._pending.append([self.step + self.staleness, *stats, self._fn(*stats)])
+        bases = self._pending[-1][2]
+      self._pending.append([self.step + self.staleness, stats, self._submit(stats, bases)])
     if not self._pending or self._pending[0][0] != self.step + 1:
       return opt_state
-    self._dispatch(node)
-    result = self._pending.pop(0)[3]
+    result = self._pending.pop(0)[2].result()[1]  # waits only if not done yet
     like = _roots.RootResult(
       roots=tuple(x.sharding for x in node.preconditioners),
       bases=tuple(x.sharding for x in node.eigenbases) if result.bases else (),
@@ -165,22 +181,29 @@ class AsyncRoots:
     new = self._install(node, jax.device_put(result, like), step)
     return jax.tree.map(lambda x: new if _is_shampoo(x) else x, opt_state, is_leaf=_is_shampoo)
 
+  def wait(self) -> None:
+    """Blocks until every root computation in flight is done (before timing or exiting)."""
+    for _, _, future in self._pending:
+      future.result()
+
   def state_dict(self) -> dict[str, Any]:
-    """The pipeline's state for a checkpoint: ``{"step": int, "pending": [...]}`` (the install
-    step, statistics snapshot and warm-start eigenbases of every computation in flight)."""
-    return {
-      "step": self.step,
-      "pending": [
-        {"install_at": t, "statistics": s, "eigenbases": b} for t, s, b, _ in self._pending
-      ],
-    }
+    """The pipeline's state for a checkpoint: ``{"step": int, "pending": [...]}`` with the install
+    step, statistics snapshot and warm-start eigenbases of every computation in flight (waits
+    for the warm-start inputs of chained computations)."""
+    pending = [
+      {"install_at": t, "statistics": s, "eigenbases": f.result()[0]} for t, s, f in self._pending
+    ]
+    pending += [{"install_at": t, "statistics": s, "eigenbases": b} for t, s, b in self._restored]
+    return {"step": self.step, "pending": pending}
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
-    """Restores :meth:`state_dict`; the computations in flight are dispatched again at the next
-    call."""
+    """Restores :meth:`state_dict` into a fresh pipeline; the computations in flight are
+    submitted again at the next call."""
+    if self._pending:
+      raise ValueError("load_state_dict needs a fresh AsyncRoots (computations are in flight).")
     self.step = int(state["step"])
-    self._pending = [
-      [int(p["install_at"]), tuple(p["statistics"]), tuple(p["eigenbases"]), None]
+    self._restored = [
+      [int(p["install_at"]), tuple(p["statistics"]), tuple(p["eigenbases"])]
       for p in state["pending"]
     ]
 
@@ -211,8 +234,11 @@ def async_shampoo(
       when training on an accelerator).
     precondition_every: steps between root computations (a static int here).
     start_preconditioning_step: first root step (a static int here).
-    inverse_root: root method; ``"auto"`` is resolved for ``root_device``'s platform (``"eigh"``
-      on a CPU).
+    inverse_root: root method. ``"auto"`` is ``"eigh"`` when the roots go to a CPU while training
+      runs on an accelerator, else ``"coupled_newton"``: XLA's CPU ``eigh`` runs on the CPU
+      client's shared intra-op thread pool, so with training on another CPU device of the same
+      process the two serialize (measured in ``docs/shampoo.md``; two concurrent ``eigh`` calls
+      can even deadlock a 2-thread pool), while coupled Newton's matmuls overlap.
     **kwargs: every other argument of :func:`sops.shampoo` (not ``stagger_roots``,
       ``axis_name``, ``root_staleness``).
 
@@ -245,7 +271,9 @@ def async_shampoo(
   cfg = _roots.RootConfig(inverse_root) if isinstance(inverse_root, str) else inverse_root
   if not isinstance(cfg, _roots.RootConfig):
     raise ValueError(f"inverse_root must be a str or a sops.RootConfig, got {inverse_root!r}.")
-  cfg = cfg.resolved(device.platform)
+  if cfg.method == "auto":
+    host_roots = device.platform == "cpu" and jax.default_backend() != "cpu"
+    cfg = dataclasses.replace(cfg, method="eigh" if host_roots else "coupled_newton")
   tx = shampoo(
     learning_rate,
     precondition_every=precondition_every,

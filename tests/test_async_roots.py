@@ -98,7 +98,7 @@ def test_async_pipeline_equals_delayed_roots_bit_for_bit(devices, staleness, inv
   kw = dict(KW, inverse_root=inverse_root)
   p0, s0, _ = _run(sops.shampoo(1e-2, root_staleness=staleness, **kw))
   tx, roots = sops.async_shampoo(1e-2, root_staleness=staleness, root_device=devices[1], **kw)
-  p1, s1, _ = _run(tx, roots, wait=inverse_root != "coupled_newton")
+  p1, s1, _ = _run(tx, roots)
   _assert_trees_equal(p0, p1)
   for field in ("statistics", "preconditioners", "eigenbases", "root_steps", "shampoo_momentum"):
     _assert_trees_equal(getattr(s0[0], field), getattr(s1[0], field))
@@ -206,10 +206,21 @@ def test_async_pipeline_in_a_chain_with_inject_hyperparams(devices):
   assert int(optax.tree.get(state, "info").root_computations) == 2
 
 
-def test_auto_roots_avoid_cpu_eigh_next_to_cpu_training(devices):
-  # On a CPU-only process XLA's eigh shares the client's thread pool with training: coupled
-  # Newton overlaps, so "auto" picks it; an explicit method is kept.
+def test_roots_next_to_cpu_training_use_sequential_eigh(devices):
+  # Both on CPU devices: a batched eigh would wait for the training's work on the shared pool.
   _, roots = sops.async_shampoo(1e-2, root_device=devices[1])
+  cfg = roots._root_kwargs["inverse_root"]
+  assert (cfg.method, cfg.sequential_eigh) == ("eigh", True)
+  cfg = sops.RootConfig("coupled_newton")
+  _, roots = sops.async_shampoo(1e-2, root_device=devices[1], inverse_root=cfg)
   assert roots._root_kwargs["inverse_root"].method == "coupled_newton"
-  _, roots = sops.async_shampoo(1e-2, root_device=devices[1], inverse_root="eigh")
-  assert roots._root_kwargs["inverse_root"].method == "eigh"
+
+
+def test_sequential_eigh_roots_equal_batched_ones(rng):
+  a = rng.standard_normal((5, 12, 12)).astype(np.float32)
+  a = jnp.asarray(a @ a.transpose(0, 2, 1))
+  k = jnp.asarray([12, 7, 12, 3, 1])
+  for p in (2, 4):
+    x0, i0 = sops.linalg.inverse_pth_root(a, p, method="eigh", block_sizes=k)
+    x1, i1 = sops.linalg.inverse_pth_root(a, p, method="eigh", block_sizes=k, sequential_eigh=True)
+    _assert_trees_equal((x0, i0), (x1, i1))

@@ -234,11 +234,12 @@ def async_shampoo(
       when training on an accelerator).
     precondition_every: steps between root computations (a static int here).
     start_preconditioning_step: first root step (a static int here).
-    inverse_root: root method. ``"auto"`` is ``"eigh"`` when the roots go to a CPU while training
-      runs on an accelerator, else ``"coupled_newton"``: XLA's CPU ``eigh`` runs on the CPU
-      client's shared intra-op thread pool, so with training on another CPU device of the same
-      process the two serialize (measured in ``docs/shampoo.md``; two concurrent ``eigh`` calls
-      can even deadlock a 2-thread pool), while coupled Newton's matmuls overlap.
+    inverse_root: root method, as in :func:`sops.shampoo`; ``"auto"`` is ``"eigh"`` on a CPU
+      ``root_device``, ``"coupled_newton"`` on an accelerator. When both the roots and the
+      training run on CPU devices, ``RootConfig.sequential_eigh`` is set (same roots): XLA's
+      batched CPU ``eigh`` runs on the process' shared thread pool, so next to training on
+      another CPU device it would wait for the training's work (measured in
+      ``docs/shampoo.md``).
     **kwargs: every other argument of :func:`sops.shampoo` (not ``stagger_roots``,
       ``axis_name``, ``root_staleness``).
 
@@ -271,9 +272,9 @@ def async_shampoo(
   cfg = _roots.RootConfig(inverse_root) if isinstance(inverse_root, str) else inverse_root
   if not isinstance(cfg, _roots.RootConfig):
     raise ValueError(f"inverse_root must be a str or a sops.RootConfig, got {inverse_root!r}.")
-  if cfg.method == "auto":
-    host_roots = device.platform == "cpu" and jax.default_backend() != "cpu"
-    cfg = dataclasses.replace(cfg, method="eigh" if host_roots else "coupled_newton")
+  cfg = cfg.resolved(device.platform)
+  if device.platform == jax.default_backend() == "cpu":  # same results, no waiting on the pool
+    cfg = dataclasses.replace(cfg, sequential_eigh=True)
   tx = shampoo(
     learning_rate,
     precondition_every=precondition_every,

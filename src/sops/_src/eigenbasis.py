@@ -63,9 +63,24 @@ def _rayleigh(a: jax.Array, q: jax.Array) -> Eigenbasis:
   return Eigenbasis(q, jnp.maximum(w, 0.0), rel)
 
 
-def cold_eigenbasis(a: jax.Array) -> Eigenbasis:
+def eigh(a: jax.Array, sequential: bool = False) -> tuple[jax.Array, jax.Array]:
+  """``jnp.linalg.eigh`` of a stack; ``sequential`` runs it one block at a time (``lax.map``).
+
+  Same results bit for bit. On CPU the batched LAPACK call splits the stack over the process'
+  shared intra-op thread pool and waits for it, so it serializes with computations running on
+  other CPU devices (and two at once can deadlock a small pool); one block at a time runs on the
+  calling thread only.
+  """
+  if not sequential or a.ndim == 2:
+    return jnp.linalg.eigh(a)
+  flat = a.reshape((-1, *a.shape[-2:]))
+  w, v = lax.map(jnp.linalg.eigh, flat)
+  return w.reshape(a.shape[:-1]), v.reshape(a.shape)
+
+
+def cold_eigenbasis(a: jax.Array, sequential: bool = False) -> Eigenbasis:
   """Full ``eigh`` of symmetric blocks ``a`` (already :func:`masked`)."""
-  _, q = jnp.linalg.eigh(a)
+  _, q = eigh(a, sequential)
   return _rayleigh(a, q)
 
 
@@ -156,7 +171,11 @@ def refined_eigenbasis(a: jax.Array, q: jax.Array, k_real: jax.Array) -> Eigenba
 
 
 def tracked_eigenbasis(
-  a: jax.Array, q_prev: jax.Array, tol: jax.typing.ArrayLike, k_real: jax.Array
+  a: jax.Array,
+  q_prev: jax.Array,
+  tol: jax.typing.ArrayLike,
+  k_real: jax.Array,
+  sequential: bool = False,
 ) -> Eigenbasis:
   """Refines ``q_prev``; blocks whose off-diagonal mass exceeds ``tol`` (or is not finite) get a
   cold ``eigh`` instead, computed only when at least one block needs it."""
@@ -164,7 +183,7 @@ def tracked_eigenbasis(
   bad = ~(warm.off_diagonal <= tol) | ~jnp.all(jnp.isfinite(warm.vectors), axis=(-1, -2))
 
   def cold():
-    fresh = cold_eigenbasis(a)
+    fresh = cold_eigenbasis(a, sequential)
     return jax.tree.map(
       lambda c, w: jnp.where(bad.reshape(bad.shape + (1,) * (w.ndim - bad.ndim)), c, w),
       fresh,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sops._src import utils
+from sops._src import eigenbasis, utils
 
 _METHODS = ("coupled_newton", "eigh")
 _PRECISIONS = ("float32", "float64")
@@ -263,6 +263,7 @@ def inverse_pth_root(
   fallback: jax.typing.ArrayLike | None = None,
   fail_threshold: float = 0.1,
   precision: str = "float32",
+  sequential_eigh: bool = False,
 ) -> tuple[jax.Array, InversePthRootInfo]:
   r"""Inverse p-th roots :math:`(A + \epsilon I)^{-1/p}` of a stack of symmetric PSD matrices.
 
@@ -320,6 +321,10 @@ def inverse_pth_root(
       the default ``0.1`` rejects some of them; ``sops.shampoo`` uses ``1.0``.
     precision: ``"float32"`` (default) or ``"float64"``, which computes in float64 and requires
       ``jax.config.update("jax_enable_x64", True)``; the result keeps the input's dtype.
+    sequential_eigh: with ``"eigh"``, decompose the blocks one at a time (``lax.map``) instead of
+      in one batched call; same results. On CPU the batched call splits the stack over the
+      process' shared thread pool, which serializes it with computations on other CPU devices
+      (used by :func:`sops.async_shampoo`); one at a time is slower on an idle multi-core CPU.
 
   Returns:
     A tuple ``(roots, info)``: ``roots`` has the shape of ``mats`` and never contains NaN or Inf;
@@ -349,6 +354,7 @@ def inverse_pth_root(
   p = _check_p(p)
   utils.check_choice("method", method, _METHODS)
   utils.check_choice("precision", precision, _PRECISIONS)
+  utils.check_choice("sequential_eigh", sequential_eigh, (True, False))
   utils.check_scalar("ridge_epsilon", ridge_epsilon, low=0.0)
   utils.check_scalar("max_iters", max_iters, low=1, integer=True)
   if tol is not None:
@@ -406,7 +412,7 @@ def inverse_pth_root(
       # (PSD) ones.
       fro = jnp.sqrt(jnp.sum(a * a, axis=(-1, -2)))
       a_e = a - eye * jnp.where(real, 0.0, 1.0 + fro[..., None])[..., None, :]
-      w_raw, v = jnp.linalg.eigh(a_e)
+      w_raw, v = eigenbasis.eigh(a_e, sequential_eigh)
       is_pad = idx < (n - k_real)[..., None]
       w = jnp.where(is_pad, 0.0, jnp.maximum(w_raw, 0.0))
       if lmax is None:

@@ -50,6 +50,10 @@ class RootConfig:
     warm_start_tol: largest accepted relative off-diagonal mass ``||Q^T A Q - diag||_F /
       ||Q^T A Q||_F`` of a refined basis.
     max_iters: most coupled Newton iterations.
+    sequential_eigh: with ``"eigh"``, decompose a stack's blocks one at a time rather than in one
+      batched call (same results): on CPU the batched call runs on the process' shared thread
+      pool, which serializes it with other CPU devices' computations. :func:`sops.async_shampoo`
+      sets it when roots and training share a CPU.
 
   Examples:
     >>> import sops
@@ -68,12 +72,14 @@ class RootConfig:
   warm_start: bool = False
   warm_start_tol: float = 1e-2
   max_iters: int = 100
+  sequential_eigh: bool = False
 
   def __post_init__(self):
     utils.check_choice("method", self.method, METHODS)
     utils.check_choice("warm_start", self.warm_start, (True, False))
     utils.check_scalar("warm_start_tol", self.warm_start_tol, low=0.0, low_inclusive=False)
     utils.check_scalar("max_iters", self.max_iters, low=1, integer=True)
+    utils.check_choice("sequential_eigh", self.sequential_eigh, (True, False))
 
   def resolved(self, platform: str | None = None) -> RootConfig:
     """This config with ``"auto"`` replaced by the method chosen for ``platform`` (``"cpu"``,
@@ -145,10 +151,11 @@ def compute_roots(
       fallback=old,
       fail_threshold=threshold,
       precision=precision,
+      sequential_eigh=cfg.sequential_eigh,
     )
     return roots, None, info.error, info.failed
   a, mask2 = eigenbasis.masked(mats, k_real)
-  found = eigenbasis.tracked_eigenbasis(a, basis, cfg.warm_start_tol, k_real)
+  found = eigenbasis.tracked_eigenbasis(a, basis, cfg.warm_start_tol, k_real, cfg.sequential_eigh)
   x = eigenbasis.root_from_eigenbasis(found, p, ridge, mask2)
   err = jnp.where(jnp.all(jnp.isfinite(x), axis=(-1, -2)), found.off_diagonal, jnp.inf)
   failed = ~(err <= threshold)

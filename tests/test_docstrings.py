@@ -17,6 +17,10 @@ PUBLIC_FUNCTIONS = [
   sops.shampoo,
   sops.scale_by_shampoo,
   sops.shampoo_state_sharding,
+  sops.async_shampoo,
+  sops.newton_cg_minimize,
+  sops.soap,
+  sops.scale_by_soap,
   sops.linalg.inverse_pth_root,
   sops.linalg.conjugate_gradient,
 ]
@@ -47,7 +51,7 @@ def test_public_function_docstring_examples_run(fn):
   assert result.failed == 0, f"{_name(fn)}: {result.failed} doctest example(s) failed"
 
 
-PUBLIC_CLASSES = [sops.RootConfig]
+PUBLIC_CLASSES = [sops.RootConfig, sops.AsyncRoots]
 
 
 @pytest.mark.parametrize("cls", PUBLIC_CLASSES, ids=_name)

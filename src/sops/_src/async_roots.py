@@ -102,6 +102,13 @@ class AsyncRoots:
   optimizer state; :meth:`load_state_dict` on a fresh pipeline recomputes them, so a run resumed
   mid-flight installs the same roots at the same steps.
 
+  Attributes:
+    staleness: steps from a snapshot to the first step using its roots (``root_staleness``).
+    every: steps between snapshots (``precondition_every``).
+    start: first snapshot step (``start_preconditioning_step``).
+    device: the device computing the roots.
+    step: calls so far (optimizer steps seen).
+
   Examples:
     >>> import jax, jax.numpy as jnp, optax, sops
     >>> params = {"w": jnp.ones((8, 4))}

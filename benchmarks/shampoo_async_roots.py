@@ -1,0 +1,248 @@
+# Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
+"""Asynchronous Shampoo roots on a 2-core CPU: one core trains, the other computes the roots.
+
+The process runs two XLA CPU devices, each single-threaded (``XLA_FLAGS`` below, set before JAX
+is imported), so that device 0 plays the accelerator and device 1 the host of the seed paper's
+pipeline. Model, data and schedule are those of ``benchmarks/transformer_lm.py`` (2-layer
+d=128 character transformer, batch 16 x 64, warm-up + cosine, weight decay 0.01).
+
+Two parts:
+
+1. **Step time** (``--timing-steps`` steps after a warm-up that compiles everything, one Python
+   loop of jitted steps for every row, mean over all timed steps, root steps included, ended by
+   ``block_until_ready``; roots still in flight at the end are not waited for): AdamW;
+   synchronous ``sops.shampoo`` (roots inside the step on device 0) with ``eigh`` (its CPU
+   default) and with coupled Newton (CN); ``sops.async_shampoo`` with roots on device 1 for each
+   ``--timing-staleness`` (``eigh`` roots, one block at a time: XLA's batched CPU ``eigh`` splits
+   the stack over the process' shared intra-op pool and so waits for device 0's step; measured
+   on a 27x128x128 stack next to a matmul loop, batched it finished only with the loop, one at a
+   time it overlapped; ``async_shampoo`` sets this itself when both devices are CPUs).
+2. **Quality cost of staleness** (``lax.scan`` training as in ``transformer_lm.py``): AdamW over
+   its lr grid sets the target (its best final validation loss); ``sops.shampoo`` at
+   ``--lr-shampoo`` with ``root_staleness`` s in ``--staleness`` (0 = synchronous): final
+   validation loss and steps to the target. ``root_staleness=s`` is the pure-``jit`` form of the
+   pipeline (the tests check both give the same trajectory bit for bit), so these runs give the
+   async pipeline's losses without its timing noise.
+
+Time to target of the async rows = steps to target at that staleness x the async mean step.
+
+    python benchmarks/shampoo_async_roots.py            # ~15 min on a 2-core CPU
+    python benchmarks/shampoo_async_roots.py --quick    # smoke test (~2 min)
+
+Output: markdown tables on stdout, ``benchmarks/results/shampoo_async_roots.json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "")
+  + " --xla_force_host_platform_device_count=2"
+  + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+import transformer_lm as lm  # noqa: E402
+
+import sops  # noqa: E402
+
+TIMING_COLUMNS = (
+  ("optimizer", "optimizer", ""),
+  ("mean_step_ms", "mean step ms", ".2f"),
+  ("per_step_ratio", "vs AdamW", ".2f"),
+  ("steps_to_target", "steps to target", ""),
+  ("time_ratio", "time to target vs AdamW", ".2f"),
+)
+
+
+def timed_loop(step, params, opt_state, batches, roots, warmup: int) -> float:
+  """Mean seconds per step over ``batches[warmup:]``; ``roots(opt_state)`` after every step."""
+  for i, batch in enumerate(batches):
+    if i == warmup:
+      jax.block_until_ready((params, opt_state))
+      t0 = time.perf_counter()
+    params, opt_state = step(params, opt_state, batch)
+    if roots is not None:
+      opt_state = roots(opt_state)
+  jax.block_until_ready((params, opt_state))
+  return (time.perf_counter() - t0) / (len(batches) - warmup)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=1000, help="training steps per quality run")
+  parser.add_argument("--eval-every", type=int, default=50)
+  parser.add_argument("--lrs-adamw", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+  parser.add_argument("--lr-shampoo", type=float, default=3e-3, help="its best lr, all s")
+  parser.add_argument("--staleness", type=int, nargs="+", default=[0, 1, 10, 50, 100])
+  parser.add_argument("--timing-staleness", type=int, nargs="+", default=[10, 50])
+  parser.add_argument("--timing-steps", type=int, default=300, help="timed steps per row")
+  parser.add_argument("--repeats", type=int, default=2, help="timings per row (mean reported)")
+  parser.add_argument("--precondition-every", type=int, default=50)
+  parser.add_argument("--weight-decay", type=float, default=0.01)
+  parser.add_argument("--min-count", type=int, default=20)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--quick", action="store_true", help="60 steps, 2 staleness values")
+  parser.add_argument("--timing-only", action="store_true", help="skip the quality runs")
+  parser.add_argument(
+    "--quality-from", default=None, help="JSON of an earlier run: reuse its quality runs"
+  )
+  parser.add_argument(
+    "--out",
+    default=os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), "results", "shampoo_async_roots.json"
+    ),
+  )
+  args = parser.parse_args()
+  if args.quick:
+    args.steps, args.eval_every, args.lrs_adamw = 60, 20, [3e-3]
+    args.staleness, args.timing_staleness, args.timing_steps = [0, 10], [10], 40
+    args.repeats = 1
+    args.precondition_every = 20
+  train_dev, root_dev = jax.devices()
+  every = args.precondition_every
+
+  train_ids, val_ids, vocab, sha = lm.load_text(args.min_count)
+  model = lm.CharLM(vocab=len(vocab))
+  params = model.init(jax.random.key(args.seed), jnp.zeros((1, lm.CONTEXT), jnp.int32))
+  params = jax.device_put(params, train_dev)
+  val_starts = np.random.default_rng(10_000 + args.seed).integers(
+    0, len(val_ids) - lm.CONTEXT - 1, size=lm.VAL_BATCHES * lm.BATCH
+  )
+  val = lm.windows(val_ids, val_starts).reshape(lm.VAL_BATCHES, lm.BATCH, lm.CONTEXT + 1)
+  val = jax.device_put(val, train_dev)
+
+  def loss_fn(params, batch):
+    logits = model.apply(params, batch[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+
+  @jax.jit
+  def val_loss(params):
+    return jax.lax.map(functools.partial(loss_fn, params), val).mean()
+
+  def sample_chunk(c):
+    rng = np.random.default_rng((args.seed, c))
+    starts = rng.integers(0, len(train_ids) - lm.CONTEXT - 1, size=(args.eval_every, lm.BATCH))
+    return lm.windows(train_ids, starts)
+
+  schedule = functools.partial(_common.lr_schedule, steps=args.steps)
+  shampoo_kw = dict(weight_decay=args.weight_decay, precondition_every=every)
+
+  # 1. Step time: the same loop of single jitted steps for every row.
+  warmup = 10 + every + max(args.timing_staleness) + 2  # compiles roots and installs
+  n = warmup + args.timing_steps
+  chunks = [sample_chunk(c) for c in range(-(-n // args.eval_every))]
+  batches = [jax.device_put(b, train_dev) for c in chunks for b in c][:n]
+  lr = args.lr_shampoo
+  makers = {
+    "adamw": lambda: (optax.adamw(schedule(lr), weight_decay=args.weight_decay), None),
+    "shampoo (sync, eigh)": lambda: (sops.shampoo(schedule(lr), **shampoo_kw), None),
+    "shampoo (sync, CN)": lambda: (
+      sops.shampoo(schedule(lr), inverse_root="coupled_newton", **shampoo_kw),
+      None,
+    ),
+  }
+  for s in args.timing_staleness:
+    makers[f"async_shampoo s={s}"] = functools.partial(
+      sops.async_shampoo, schedule(lr), root_staleness=s, root_device=root_dev, **shampoo_kw
+    )
+  times = {label: [] for label in makers}
+  for rep in range(args.repeats):  # rows interleaved, so drifts of the machine hit all alike
+    for label, make in makers.items():
+      tx, roots = make()
+      step = jax.jit(_common.make_step(loss_fn, tx))
+      times[label].append(1e3 * timed_loop(step, params, tx.init(params), batches, roots, warmup))
+      print(f"repeat {rep}: {label}: {times[label][-1]:.2f} ms/step", flush=True)
+  rows = [
+    {"optimizer": k, "mean_step_ms": float(np.mean(v)), "repeats_ms": v} for k, v in times.items()
+  ]
+  base = rows[0]["mean_step_ms"]
+  for r in rows:
+    r["per_step_ratio"] = r["mean_step_ms"] / base
+
+  if args.timing_only:
+    print(_common.markdown_table(rows, TIMING_COLUMNS))
+    return
+  # 2. Quality: AdamW's grid sets the target, Shampoo at each staleness (root_staleness=s).
+  grid = [("adamw", lr_a, None) for lr_a in args.lrs_adamw]
+  grid += [(f"shampoo s={s}", lr, s) for s in args.staleness]
+  runs = []
+  if args.quality_from:  # the quality runs of an earlier full run (deterministic on one machine)
+    with open(args.quality_from, encoding="utf-8") as f:
+      runs = json.load(f)["runs"]
+    grid = []
+  for label, lr_i, s in grid:
+    if s is None:
+      tx = optax.adamw(schedule(lr_i), weight_decay=args.weight_decay)
+    else:
+      tx = sops.shampoo(schedule(lr_i), root_staleness=s, **shampoo_kw)
+    res = _common.train(loss_fn, params, tx, sample_chunk, args.steps, args.eval_every, val_loss)
+    print(f"{label} lr {lr_i:.0e}: final val loss {res.losses[-1]:.4f}", flush=True)
+    runs.append(
+      {"label": label, "lr": lr_i, "steps": res.steps, "losses": res.losses}
+      | {"mean_step_s": res.mean_step_s}
+    )
+  quality = _common.summarize(runs)
+  sync = next(r for r in quality if r["optimizer"] == "shampoo s=0")
+  for r in quality:
+    ok = r["steps_to_target"] is not None and sync["steps_to_target"]
+    r["steps_vs_sync"] = r["steps_to_target"] / sync["steps_to_target"] if ok else None
+  for r in rows:
+    if r["optimizer"].startswith("async_shampoo"):
+      s = int(r["optimizer"].split("=")[1])
+      q = next((x for x in quality if x["optimizer"] == f"shampoo s={s}"), None)
+      hit = None if q is None else q["steps_to_target"]
+      r["steps_to_target"] = hit
+      adam_steps = quality[0]["steps_to_target"]
+      if hit is not None and adam_steps:
+        r["time_ratio"] = hit * r["mean_step_ms"] / (adam_steps * base)
+
+  print(
+    f"\nStep time, device 0 trains, device 1 computes async roots ({args.timing_steps} steps):\n"
+  )
+  print(_common.markdown_table(rows, TIMING_COLUMNS))
+  print(
+    f"\nQuality vs staleness (target = AdamW's best final val loss {quality[0]['target']:.4f}):\n"
+  )
+  quality_cols = (
+    ("optimizer", "optimizer", ""),
+    ("lr", "lr", ".0e"),
+    ("final_loss", "final val loss", ".4f"),
+    ("steps_to_target", "steps to target", ""),
+    ("steps_ratio", "steps vs AdamW", ".2f"),
+    ("steps_vs_sync", "steps vs sync Shampoo", ".2f"),
+  )
+  meta = {
+    "benchmark": "shampoo_async_roots",
+    "machine": _common.machine_info(),
+    "xla_flags": os.environ["XLA_FLAGS"],
+    "args": vars(args),
+    "data_sha256": sha,
+    "timing": rows,
+  }
+  _common.write_results(
+    "shampoo_async_roots",
+    quality,
+    meta,
+    os.path.dirname(args.out),
+    quality_cols,
+    extra={"runs": runs},
+    out_path=args.out,
+  )
+
+
+if __name__ == "__main__":
+  main()

@@ -49,7 +49,6 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
@@ -115,28 +114,9 @@ def main() -> None:
   train_dev, root_dev = jax.devices()
   every = args.precondition_every
 
-  train_ids, val_ids, vocab, sha = lm.load_text(args.min_count)
-  model = lm.CharLM(vocab=len(vocab))
-  params = model.init(jax.random.key(args.seed), jnp.zeros((1, lm.CONTEXT), jnp.int32))
-  params = jax.device_put(params, train_dev)
-  val_starts = np.random.default_rng(10_000 + args.seed).integers(
-    0, len(val_ids) - lm.CONTEXT - 1, size=lm.VAL_BATCHES * lm.BATCH
-  )
-  val = lm.windows(val_ids, val_starts).reshape(lm.VAL_BATCHES, lm.BATCH, lm.CONTEXT + 1)
-  val = jax.device_put(val, train_dev)
-
-  def loss_fn(params, batch):
-    logits = model.apply(params, batch[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
-
-  @jax.jit
-  def val_loss(params):
-    return jax.lax.map(functools.partial(loss_fn, params), val).mean()
-
-  def sample_chunk(c):
-    rng = np.random.default_rng((args.seed, c))
-    starts = rng.integers(0, len(train_ids) - lm.CONTEXT - 1, size=(args.eval_every, lm.BATCH))
-    return lm.windows(train_ids, starts)
+  task = lm.make_task(args.seed, args.min_count, args.eval_every, train_dev)
+  params, loss_fn, val_loss, sample_chunk = task.params, task.loss_fn, task.val_loss, task.sample
+  sha = task.sha
 
   schedule = functools.partial(_common.lr_schedule, steps=args.steps)
   shampoo_kw = dict(weight_decay=args.weight_decay, precondition_every=every)

@@ -48,6 +48,8 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -144,6 +146,48 @@ def muon_dims(params):
   return jax.tree_util.tree_map_with_path(spec, params)
 
 
+class Task(NamedTuple):
+  """The benchmark's model, data and loss, shared with ``shampoo_async_roots.py``."""
+
+  params: Any  # initial parameters
+  loss_fn: Callable  # (params, batch) -> mean next-character cross-entropy
+  val_loss: Callable  # jitted: params -> validation loss
+  sample: Callable  # chunk index -> (eval_every, BATCH, CONTEXT + 1) int32 windows
+  train_ids: np.ndarray
+  val_ids: np.ndarray
+  vocab: list
+  sha: str
+
+
+def make_task(seed: int, min_count: int, eval_every: int, device: Any = None) -> Task:
+  """Model, loss and seeded batches; ``device`` (default: the default device) holds the
+  parameters and validation batches."""
+  train_ids, val_ids, vocab, sha = load_text(min_count)
+  model = CharLM(vocab=len(vocab))
+  params = model.init(jax.random.key(seed), jnp.zeros((1, CONTEXT), jnp.int32))
+  val_starts = np.random.default_rng(10_000 + seed).integers(
+    0, len(val_ids) - CONTEXT - 1, size=VAL_BATCHES * BATCH
+  )
+  val = jnp.asarray(windows(val_ids, val_starts).reshape(VAL_BATCHES, BATCH, CONTEXT + 1))
+  if device is not None:
+    params, val = jax.device_put((params, val), device)
+
+  def loss_fn(params, batch):
+    logits = model.apply(params, batch[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+
+  @jax.jit
+  def val_loss(params):
+    return jax.lax.map(functools.partial(loss_fn, params), val).mean()
+
+  def sample(c):
+    rng = np.random.default_rng((seed, c))
+    starts = rng.integers(0, len(train_ids) - CONTEXT - 1, size=(eval_every, BATCH))
+    return windows(train_ids, starts)
+
+  return Task(params, loss_fn, val_loss, sample, train_ids, val_ids, vocab, sha)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   _common.add_protocol_args(
@@ -163,27 +207,10 @@ def main() -> None:
     args.lrs_adamw, args.lrs_shampoo, args.lrs_muon = [3e-3], [3e-3], [1e-2]
     args.lrs_soap = [3e-3]
 
-  train_ids, val_ids, vocab, sha = load_text(args.min_count)
-  model = CharLM(vocab=len(vocab))
-  params = model.init(jax.random.key(args.seed), jnp.zeros((1, CONTEXT), jnp.int32))
+  task = make_task(args.seed, args.min_count, args.eval_every)
+  params, loss_fn, val_loss, sample_chunk = task.params, task.loss_fn, task.val_loss, task.sample
+  train_ids, val_ids, vocab, sha = task.train_ids, task.val_ids, task.vocab, task.sha
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  val_starts = np.random.default_rng(10_000 + args.seed).integers(
-    0, len(val_ids) - CONTEXT - 1, size=VAL_BATCHES * BATCH
-  )
-  val = jnp.asarray(windows(val_ids, val_starts).reshape(VAL_BATCHES, BATCH, CONTEXT + 1))
-
-  def loss_fn(params, batch):
-    logits = model.apply(params, batch[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
-
-  @jax.jit
-  def val_loss(params):
-    return jax.lax.map(functools.partial(loss_fn, params), val).mean()
-
-  def sample_chunk(c):
-    rng = np.random.default_rng((args.seed, c))
-    starts = rng.integers(0, len(train_ids) - CONTEXT - 1, size=(args.eval_every, BATCH))
-    return windows(train_ids, starts)
 
   def run_one(tx, steps):
     return _common.train(loss_fn, params, tx, sample_chunk, steps, args.eval_every, val_loss)

@@ -224,3 +224,14 @@ def test_sequential_eigh_roots_equal_batched_ones(rng):
     x0, i0 = sops.linalg.inverse_pth_root(a, p, method="eigh", block_sizes=k)
     x1, i1 = sops.linalg.inverse_pth_root(a, p, method="eigh", block_sizes=k, sequential_eigh=True)
     _assert_trees_equal((x0, i0), (x1, i1))
+
+
+def test_root_staleness_with_inject_hyperparams():
+  # Not injected by default (None); works as a static arg; injected, an error says what to do.
+  tx = optax.inject_hyperparams(sops.shampoo)(learning_rate=1e-2)
+  assert "root_staleness" not in tx.init(_params()).hyperparams
+  static = ("root_staleness", "precondition_every", "block_size")  # they fix the state shapes
+  make = optax.inject_hyperparams(sops.shampoo, static_args=static)
+  _run(make(learning_rate=1e-2, root_staleness=3, **KW), steps=3)
+  with pytest.raises((TypeError, ValueError), match="static"):
+    optax.inject_hyperparams(sops.shampoo)(learning_rate=1e-2, root_staleness=3).init(_params())

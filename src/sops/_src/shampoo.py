@@ -161,7 +161,7 @@ def scale_by_shampoo(
   statistics_dtype: Any = "float32",
   axis_name: str | None = None,
   num_shards: int | None = None,
-  root_staleness: int = 0,
+  root_staleness: int | None = None,
   external_roots: bool = False,
 ) -> optax.GradientTransformation:
   r"""Scales updates by blocked Shampoo preconditioning with layer-wise grafting.
@@ -233,12 +233,12 @@ def scale_by_shampoo(
       size of the mesh axis that :func:`sops.shampoo_state_sharding` splits the stacks over
       under ``jit`` with shardings (padding entries are empty blocks whose roots are the
       identity and never fail). Static; ``None`` (default) or ``1`` pads nothing.
-    root_staleness: ``s >= 0``, static. With ``s > 0`` the roots are delayed: the statistics of
-      each root step ``t`` are kept as a snapshot and their roots are computed and first used at
-      step ``t + s`` (the seed paper's pipeline, run synchronously inside the step; the
-      reference semantics of :func:`sops.async_shampoo`). Needs a static ``precondition_every``
-      and no ``stagger_roots``; the state holds ``ceil(s / precondition_every)`` snapshots. ``0``:
-      roots of the current statistics, as usual.
+    root_staleness: ``s >= 0``, static (``None``: 0). With ``s > 0`` the roots are delayed:
+      the statistics of each root step ``t`` are kept as a snapshot and their roots are computed
+      and first used at step ``t + s`` (the seed paper's pipeline, run synchronously inside the
+      step; the reference semantics of :func:`sops.async_shampoo`). Needs a static
+      ``precondition_every`` and no ``stagger_roots``; the state holds
+      ``ceil(s / precondition_every)`` snapshots. ``0``: roots of the current statistics.
     external_roots: never compute roots in the step: the preconditioners change only when a
       :class:`sops.AsyncRoots` pipeline (from :func:`sops.async_shampoo`) installs them between
       steps. Not with ``axis_name`` or ``stagger_roots``.
@@ -293,8 +293,9 @@ def scale_by_shampoo(
     precondition_every = _static_int("precondition_every", precondition_every, None, 1)
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name must be None or a str, got {axis_name!r}.")
+  staleness = _static_int("root_staleness", root_staleness, 0, 0)
   staleness, slots = _roots.check_pipeline(
-    root_staleness, external_roots, precondition_every, stagger_roots, axis_name
+    staleness, external_roots, precondition_every, stagger_roots, axis_name
   )
   if slots:
     precondition_every = int(precondition_every)
@@ -498,7 +499,7 @@ def shampoo(
   statistics_dtype: Any = "float32",
   axis_name: str | None = None,
   num_shards: int | None = None,
-  root_staleness: int = 0,
+  root_staleness: int | None = None,
   external_roots: bool = False,
 ) -> optax.GradientTransformation:
   r"""Shampoo with decoupled weight decay and a learning rate (float or schedule).

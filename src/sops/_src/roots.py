@@ -311,16 +311,9 @@ def install_state(state: Any, result: RootResult, step: jax.Array) -> Any:
   )
 
 
-def _static_count(name: str, value: Any) -> int:
-  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == ():
-    value = value.item()
-  utils.check_scalar(name, value, low=0, integer=True)
-  return int(value)
-
-
-def check_pipeline(staleness, external, every, stagger, axis_name) -> tuple[int, int]:
-  """Validates ``root_staleness``/``external_roots``; returns ``(s, snapshot slots)``."""
-  staleness = _static_count("root_staleness", staleness)
+def check_pipeline(staleness: int, external, every, stagger, axis_name) -> tuple[int, int]:
+  """Validates ``external_roots`` and the combination with a ``root_staleness`` already checked
+  by the caller (a static int ``>= 0``); returns ``(s, snapshot slots)``."""
   utils.check_choice("external_roots", external, (True, False))
   if not (staleness or external):
     return 0, 0

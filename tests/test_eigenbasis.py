@@ -88,8 +88,10 @@ def test_padding_gives_identity_and_the_unpadded_root(rng):
   a[0, :5, :5] = a5
   k = jnp.asarray([5])
   m, mask2 = eb.masked(jnp.asarray(a, jnp.float32), k)
+  # A tight tolerance: from the identity, one QR step can pass a loose one (the mass is relative
+  # to ||A||_F, so the small eigenvalues may still be off) and this test is about the padding.
   for q_prev in (jnp.eye(8)[None], jnp.asarray(np.linalg.eigh(m)[1])):
-    found = eb.tracked_eigenbasis(m, q_prev, 1e-2, k)
+    found = eb.tracked_eigenbasis(m, q_prev, 1e-5, k)
     x = np.asarray(eb.root_from_eigenbasis(found, 4, 1e-6, mask2))[0]
     np.testing.assert_allclose(x[5:, 5:], np.eye(3), atol=1e-6)
     np.testing.assert_allclose(x[:5, 5:], 0.0, atol=1e-6)

@@ -67,7 +67,7 @@ def test_delayed_roots_in_use_at_t_plus_s_are_the_roots_of_the_statistics_at_t(s
   # statistics after step t (recomputed here outside the step), and none change in between.
   _, _, states = _run(sops.shampoo(1e-2, root_staleness=staleness, **KW), steps=30)
   tracker = states[0][0]
-  fn = jax.jit(async_roots._root_function(tracker.shampoo_momentum, jnp.float32, block_size=16))
+  fn = jax.jit(async_roots._root_function(tracker.shampoo_momentum, block_size=16))
   root_steps = [t for t in range(START, 31) if (t - START) % EVERY == 0]
   installs = {t + staleness for t in root_steps if t + staleness <= 30}
   assert installs

@@ -45,6 +45,8 @@ WRAPPERS = {
   "multisteps": lambda n: optax.MultiSteps(FACTORIES[n](**KWARGS[n]), every_k_schedule=2),
 }
 CONFIGS = {f"{name}-{wrap}": (name, make) for name in FACTORIES for wrap, make in WRAPPERS.items()}
+# Compact storage: int8/int16 values with float32 scales in a NamedTuple inside the state.
+CONFIGS["shampoo-compact"] = ("shampoo", lambda n: sops.shampoo(**KWARGS[n], storage="compact"))
 
 
 def _problem():

@@ -33,6 +33,7 @@ from sops._src.shampoo import (
 )
 from sops._src.sharding import shampoo_state_sharding
 from sops._src.soap import ScaleBySoapState, SoapInfo, scale_by_soap, soap
+from sops._src.storage import StateStorage
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
   "ScaleBySoapState",
   "ShampooInfo",
   "SoapInfo",
+  "StateStorage",
   "__version__",
   "async_shampoo",
   "linalg",

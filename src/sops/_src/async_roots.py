@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from sops._src import roots as _roots
+from sops._src import storage as _storage
 from sops._src import utils
 from sops._src.shampoo import (
   _DEFAULT_BLOCK_SIZE,
@@ -41,14 +42,17 @@ _ROOT_ARGS = (
   "inverse_root",
   "matrix_epsilon",
   "inverse_failure_threshold",
+  "statistics_dtype",
 )
 
 
-def _root_function(momentum: Any, sdt: Any, **kwargs: Any):
+def _root_function(momentum: Any, **kwargs: Any):
   """``(statistics, eigenbases) -> RootResult``: the roots as :func:`sops.shampoo` with the
   hyperparameters ``kwargs`` (among ``_ROOT_ARGS``) computes them, for parameters shaped like
-  ``momentum``; not yet installed (failed blocks hold the identity)."""
+  ``momentum`` and statistics in their stored form; not yet installed (failed blocks hold the
+  identity)."""
   get = kwargs.get
+  sdt = _storage.compute_dtype(get("statistics_dtype", "float32"))
   part = _partition(
     tuple(tuple(jnp.shape(x)) for x in jax.tree.leaves(momentum)),
     _static_int("block_size", get("block_size"), _DEFAULT_BLOCK_SIZE, 1),
@@ -64,9 +68,18 @@ def _root_function(momentum: Any, sdt: Any, **kwargs: Any):
   compute = _root_kernel(cfg, sdt, ridge, threshold)
 
   def fn(stats, bases):
+    stats = tuple(_storage.decode(x, sdt) for x in stats)
     return _roots.snapshot_roots(stats, bases, part.stack_keys, part.real_sizes, compute)
 
   return fn
+
+
+def _install(state: ScaleByShampooState, result: _roots.RootResult, step: jax.Array):
+  """:func:`sops._src.roots.install_state` on a state whose roots may be stored compactly."""
+  dtype = result.roots[0].dtype if result.roots else jnp.float32
+  fields = ("preconditioners",)
+  full = _storage.decode_state(state, dtype, fields)
+  return _storage.encode_state(_roots.install_state(full, result, step), state, fields)
 
 
 def _is_shampoo(x: Any) -> bool:
@@ -136,7 +149,7 @@ class AsyncRoots:
     self.staleness, self.every, self.start, self.device = staleness, every, start, device
     self.step = 0
     self._fn = None  # built at the first root step, from the parameter shapes
-    self._install = jax.jit(_roots.install_state)
+    self._install = jax.jit(_install)
     # One worker thread runs the computations in order (JAX releases the GIL while they run);
     # each entry is [install_at, statistics on device, Future of (input eigenbases, result)].
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sops-roots")
@@ -155,8 +168,7 @@ class AsyncRoots:
 
   def _build(self, node: ScaleByShampooState) -> None:
     if self._fn is None:
-      sdt = node.statistics[0].dtype if node.statistics else jnp.float32
-      self._fn = jax.jit(_root_function(node.shampoo_momentum, sdt, **self._root_kwargs))
+      self._fn = jax.jit(_root_function(node.shampoo_momentum, **self._root_kwargs))
     for install_at, stats, bases in self._restored:
       stats, bases = jax.device_put((stats, bases), self.device)
       self._pending.append([install_at, stats, self._submit(stats, bases)])
@@ -179,7 +191,7 @@ class AsyncRoots:
       return opt_state
     result = self._pending.pop(0)[2].result()[1]  # waits only if not done yet
     like = _roots.RootResult(
-      roots=tuple(x.sharding for x in node.preconditioners),
+      roots=tuple(jax.tree.leaves(x)[0].sharding for x in node.preconditioners),
       bases=tuple(x.sharding for x in node.eigenbases) if result.bases else (),
       failed=tuple(x.sharding for x in node.root_steps),
       error=node.info.max_root_error.sharding,

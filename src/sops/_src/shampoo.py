@@ -20,6 +20,7 @@ from jax import lax
 
 from sops._src import blocking, grafting, kronecker, utils
 from sops._src import roots as _roots
+from sops._src import storage as _storage
 
 _DEFAULT_BLOCK_SIZE = 256
 _DEFAULT_MAX_PRECONDITIONER_DIM = 4096
@@ -90,25 +91,6 @@ def _check_number(name: str, value: Any, *, integer: bool = False, **kw) -> None
   utils.check_scalar(name, value, integer=integer, **kw)
 
 
-def _statistics_dtype(statistics_dtype: Any) -> jnp.dtype:
-  if (
-    isinstance(statistics_dtype, (jax.Array, np.ndarray))
-    or callable(statistics_dtype)
-    and (not isinstance(statistics_dtype, type))
-  ):
-    raise ValueError(
-      f"statistics_dtype must be a dtype (with optax.inject_hyperparams pass it as a string or "
-      f"in static_args), got {statistics_dtype!r}."
-    )
-  try:
-    sdt = jnp.dtype(statistics_dtype)
-  except TypeError as e:
-    raise ValueError(f"statistics_dtype must be a floating dtype, got {statistics_dtype!r}.") from e
-  if not jnp.issubdtype(sdt, jnp.floating):
-    raise ValueError(f"statistics_dtype must be a floating dtype, got {statistics_dtype!r}.")
-  return sdt
-
-
 def _graft_rescale(yb: jax.Array, graft_blocks: jax.Array) -> jax.Array:
   """Rescales every block of Shampoo's direction to the norm of the graft's direction there."""
   axes = tuple(range(1, yb.ndim))
@@ -120,17 +102,15 @@ def _graft_rescale(yb: jax.Array, graft_blocks: jax.Array) -> jax.Array:
 def _momentum(mom_leaves, directions, count, b1, nesterov):
   """EMA of the directions with Adam-style bias correction (Nesterov optional)."""
   b1 = jnp.asarray(b1)
-  mom = [
-    (b1 * m + (1.0 - b1) * d).astype(m.dtype) for m, d in zip(mom_leaves, directions, strict=True)
-  ]
+  full = [b1 * m + (1.0 - b1) * d for m, d in zip(mom_leaves, directions, strict=True)]
   if nesterov:
     out = [
       b1 * m / (1.0 - b1 ** (count + 1)) + (1.0 - b1) * d / (1.0 - b1**count)
-      for m, d in zip(mom, directions, strict=True)
+      for m, d in zip(full, directions, strict=True)
     ]
   else:
-    out = [m / (1.0 - b1**count) for m in mom]
-  return out, mom
+    out = [m / (1.0 - b1**count) for m in full]
+  return out, [f.astype(m.dtype) for f, m in zip(full, mom_leaves, strict=True)]
 
 
 def _root_kernel(cfg, sdt, ridge, threshold):
@@ -163,6 +143,7 @@ def scale_by_shampoo(
   num_shards: int | None = None,
   root_staleness: int | None = None,
   external_roots: bool = False,
+  storage: Any = None,
 ) -> optax.GradientTransformation:
   r"""Scales updates by blocked Shampoo preconditioning with layer-wise grafting.
 
@@ -242,6 +223,10 @@ def scale_by_shampoo(
     external_roots: never compute roots in the step: the preconditioners change only when a
       :class:`sops.AsyncRoots` pipeline (from :func:`sops.async_shampoo`) installs them between
       steps. Not with ``axis_name`` or ``stagger_roots``.
+    storage: how the state is kept between steps: ``None`` (full float matrices), a
+      :class:`sops.StateStorage` (packed upper triangles, low-precision or quantised statistics,
+      roots and momentum) or ``"compact"`` (the recommended memory options; ``docs/shampoo.md``
+      has their memory and step costs).
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a :class:`ScaleByShampooState`.
@@ -300,7 +285,8 @@ def scale_by_shampoo(
   if slots:
     precondition_every = int(precondition_every)
   cfg = _roots.as_root_config(inverse_root)
-  sdt = _statistics_dtype(statistics_dtype)
+  sdt = _storage.compute_dtype(statistics_dtype)
+  store = _storage.as_storage(storage)
   compute = _root_kernel(cfg, sdt, matrix_epsilon, inverse_failure_threshold)
 
   def plan(leaves) -> blocking.Partition:
@@ -316,13 +302,15 @@ def scale_by_shampoo(
   def init_fn(params):
     params = utils.float_leaves(params)  # int/bool leaves are passed through by update_fn
     part = plan(jax.tree.leaves(params))
-    stats = tuple(
+    full = tuple(
       jnp.zeros((len(real), s, s), sdt)
       for (s, _), real in zip(part.stack_keys, part.real_sizes, strict=True)
     )
+    stats = tuple(_storage.encode(x, store.statistics, store.symmetric) for x in full)
 
-    def eyes():
-      return tuple(jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=sdt), x.shape) for x in stats)
+    def eyes(dtype=None, symmetric=False):
+      eye = [jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=sdt), x.shape) for x in full]
+      return tuple(_storage.encode(x, dtype, symmetric) for x in eye)
 
     # Every leaf is a buffer of its own, so that the state can be donated to a jitted step.
     def zero_i():
@@ -331,13 +319,13 @@ def scale_by_shampoo(
     return ScaleByShampooState(
       shampoo_count=zero_i(),
       statistics=stats,
-      preconditioners=eyes(),
+      preconditioners=eyes(store.preconditioners, store.symmetric),
       eigenbases=eyes() if cfg.tracks_basis else (),
-      pending_statistics=tuple(tuple(jnp.zeros_like(x) for x in stats) for _ in range(slots)),
-      root_steps=tuple(jnp.zeros(x.shape[:1], jnp.int32) for x in stats),
+      pending_statistics=tuple(jax.tree.map(jnp.zeros_like, stats) for _ in range(slots)),
+      root_steps=tuple(jnp.zeros(x.shape[:1], jnp.int32) for x in full),
       graft_nu=grafting.init_graft(graft, params),
       shampoo_momentum=jax.tree.map(
-        lambda p: jnp.zeros(jnp.shape(p), grafting.accumulator_dtype(p)), params
+        lambda p: jnp.zeros(jnp.shape(p), store.momentum or grafting.accumulator_dtype(p)), params
       ),
       info=ShampooInfo(jnp.zeros([], jnp.float32), zero_i(), zero_i(), zero_i(), zero_i()),
     )
@@ -428,10 +416,11 @@ def scale_by_shampoo(
       out.append(blocking.from_blocks(yb, lp))
     return out
 
-  def step(leaves, state, part):
+  def step(leaves, stored, part):
+    state = _storage.decode_state(stored, sdt)
     count = utils.safe_increment(state.shampoo_count)
     mom_leaves, mom_def = jax.tree.flatten(state.shampoo_momentum)
-    g = [x.astype(m.dtype) for x, m in zip(leaves, mom_leaves, strict=True)]
+    g = [x.astype(grafting.accumulator_dtype(x)) for x in leaves]
     nu_leaves, nu_def = jax.tree.flatten(state.graft_nu)
     graft_dir, nu_leaves = grafting.graft_direction(graft, g, nu_leaves, count, b2, eps)
     blocks = kronecker.to_block_list(leaves, part, sdt)
@@ -449,6 +438,8 @@ def scale_by_shampoo(
       roots, bases, root_steps, info, pending = delayed_roots(state, stats, count, part)
     else:
       roots, bases, root_steps, info = refresh_roots(state, stats, count, part)
+    # New roots are used at the precision they are stored in (as when installed from outside).
+    roots = _storage.round_trip(roots, stored.preconditioners, sdt)
     dirs = directions(leaves, graft_dir, blocks, roots, root_steps, count, part)
     out, mom = _momentum(mom_leaves, dirs, count, b1, nesterov)
     new_state = ScaleByShampooState(
@@ -462,6 +453,7 @@ def scale_by_shampoo(
       shampoo_momentum=jax.tree.unflatten(mom_def, mom),
       info=info,
     )
+    new_state = _storage.encode_state(new_state, like=stored)
     return [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)], new_state, finite
 
   def update_fn(updates, state, params=None):
@@ -501,6 +493,7 @@ def shampoo(
   num_shards: int | None = None,
   root_staleness: int | None = None,
   external_roots: bool = False,
+  storage: Any = None,
 ) -> optax.GradientTransformation:
   r"""Shampoo with decoupled weight decay and a learning rate (float or schedule).
 
@@ -536,6 +529,7 @@ def shampoo(
       ``None`` pads nothing.
     root_staleness: steps between a statistics snapshot and the first use of its roots.
     external_roots: leave the roots to a :class:`sops.AsyncRoots` pipeline.
+    storage: memory options of the state (:class:`sops.StateStorage` or ``"compact"``).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -583,6 +577,7 @@ def shampoo(
       num_shards=num_shards,
       root_staleness=root_staleness,
       external_roots=external_roots,
+      storage=storage,
     )
   ]
   if not (isinstance(weight_decay, numbers.Real) and weight_decay == 0.0):

@@ -92,13 +92,14 @@ def shampoo_state_sharding(
   split = NamedSharding(mesh, P(axis))
 
   def stacks(xs):
-    for x in xs:
+    # Every array of a stack (also the parts of a quantised one) leads with the blocks' axis.
+    for x in jax.tree.leaves(xs):
       if x.shape[0] % n:
         raise ValueError(
           f"A Shampoo stack of {x.shape[0]} blocks does not split over the {n} devices of mesh "
           f"axis {axis!r}: build the optimizer with num_shards={n}."
         )
-    return tuple(split for _ in xs)
+    return jax.tree.map(lambda _: split, xs)
 
   def one(x):
     if not _is_shampoo(x):

@@ -20,13 +20,13 @@ from jax import lax
 
 from sops._src import blocking, eigenbasis, grafting, kronecker, utils
 from sops._src import roots as _roots
+from sops._src import storage as _storage
 from sops._src.shampoo import (
   _DEFAULT_BLOCK_SIZE,
   _DEFAULT_MAX_PRECONDITIONER_DIM,
   _check_number,
   _partition,
   _static_int,
-  _statistics_dtype,
 )
 
 _REFRESH = ("qr", "qr_householder", "qr_cholesky", "eigh")
@@ -209,7 +209,7 @@ def scale_by_soap(
   utils.check_choice("merge_small_dims", merge_small_dims, (True, False))
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name must be None or a str, got {axis_name!r}.")
-  sdt = _statistics_dtype(statistics_dtype)
+  sdt = _storage.compute_dtype(statistics_dtype)
   if refresh == "qr":  # measured: docs/soap.md
     refresh = "qr_householder" if jax.default_backend() == "cpu" else "qr_cholesky"
   qr_method = refresh.removeprefix("qr_")

@@ -1,0 +1,219 @@
+# Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
+"""Compact storage of Shampoo's state: packed symmetric factors, low-precision or quantised.
+
+Statistics and inverse roots are symmetric ``(factors, n, n)`` stacks. :class:`StateStorage`
+chooses how the state keeps them between steps: the upper triangle only (``symmetric``), a
+narrower float dtype, or block-quantised integers (``int8``/``int16``: every row of the strict
+upper triangle scaled to its largest magnitude, the diagonal kept exactly in float32, as in the
+seed paper's JAX code). A step decodes the stacks to full float matrices, works as before and
+encodes them again, so the options change what is stored, never the algorithm. Encoding a decoded
+value gives it back bit for bit, so roots kept between root computations do not drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Quantized(NamedTuple):
+  """A stack of symmetric matrices stored as integers: ``x[i, j] = values[i, j] * scales[i]``
+  for ``i < j`` (and symmetric), ``x[i, i] = diagonal[i]``."""
+
+  values: jax.Array  # int8/int16: (factors, n (n - 1) / 2) packed, or (factors, n, n) symmetric
+  diagonal: jax.Array  # (factors, n) float32 (float64 for float64 statistics)
+  scales: jax.Array  # (factors, n), same dtype: row scales (powers of two) of the strict upper part
+
+
+def _dtype(name: str, value: Any) -> jnp.dtype | None:
+  if value is None:
+    return None
+  try:
+    dt = jnp.dtype(value)
+  except TypeError as e:
+    raise ValueError(f"{name} must be a dtype or None, got {value!r}.") from e
+  ok = jnp.issubdtype(dt, jnp.floating) or dt in (jnp.int8, jnp.int16)
+  if not ok or (name == "momentum" and not jnp.issubdtype(dt, jnp.floating)):
+    allowed = "a floating dtype" + ("" if name == "momentum" else ", 'int8' or 'int16'")
+    raise ValueError(f"{name} must be None or {allowed}, got {value!r}.")
+  return dt
+
+
+def compute_dtype(statistics_dtype: Any) -> jnp.dtype:
+  """The validated floating dtype that statistics and roots are computed in."""
+  if (
+    isinstance(statistics_dtype, (jax.Array, np.ndarray))
+    or callable(statistics_dtype)
+    and (not isinstance(statistics_dtype, type))
+  ):
+    raise ValueError(
+      f"statistics_dtype must be a dtype (with optax.inject_hyperparams pass it as a string or "
+      f"in static_args), got {statistics_dtype!r}."
+    )
+  try:
+    sdt = jnp.dtype(statistics_dtype)
+  except TypeError as e:
+    raise ValueError(f"statistics_dtype must be a floating dtype, got {statistics_dtype!r}.") from e
+  if not jnp.issubdtype(sdt, jnp.floating):
+    raise ValueError(f"statistics_dtype must be a floating dtype, got {statistics_dtype!r}.")
+  return sdt
+
+
+@dataclasses.dataclass(frozen=True)
+class StateStorage:
+  """How :func:`sops.shampoo` stores its state between steps (memory options).
+
+  Attributes:
+    symmetric: keep only the upper triangle of every statistic and inverse root (``n (n + 1) /
+      2`` entries instead of ``n^2``; lossless).
+    statistics: storage dtype of the statistics: ``None`` (the compute dtype,
+      ``statistics_dtype``), a float dtype, or ``"int16"``/``"int8"`` (block-quantised, diagonal
+      exact). The running sums are updated in float32 and re-quantised every step, so changes
+      below a quantisation step are rounded away: ``int8`` is too coarse for statistics.
+    preconditioners: storage dtype of the inverse roots, as for ``statistics`` (roots are only
+      read between root computations, so coarse storage costs no drift).
+    momentum: dtype of the momentum (``None``: the parameters' dtype promoted to float32), as
+      ``mu_dtype`` in ``optax.adam``.
+
+  Examples:
+    >>> import sops
+    >>> storage = sops.StateStorage(symmetric=True, statistics="int16", preconditioners="int8")
+    >>> tx = sops.shampoo(3e-3, storage=storage)
+
+  References:
+    Anil, Gupta, Koren, Regan, Singer, "Scalable Second Order Optimization for Deep Learning",
+    arXiv:2002.09018 (its JAX code's ``best_effort_memory_usage_reduction`` quantises
+    statistics and preconditioners to int16 with the diagonal kept exact).
+  """
+
+  symmetric: bool = False
+  statistics: Any = None
+  preconditioners: Any = None
+  momentum: Any = None
+
+  def __post_init__(self):
+    if not isinstance(self.symmetric, bool):
+      raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}.")
+    for name in ("statistics", "preconditioners", "momentum"):
+      object.__setattr__(self, name, _dtype(name, getattr(self, name)))
+
+
+COMPACT = StateStorage(symmetric=True, statistics="int16", preconditioners="int8")
+
+
+def as_storage(storage: Any) -> StateStorage:
+  """``None`` (full float storage), ``"compact"`` or a :class:`StateStorage`."""
+  if storage is None:
+    return StateStorage()
+  if isinstance(storage, str) and storage == "compact":
+    return COMPACT
+  if not isinstance(storage, StateStorage):
+    raise ValueError(f"storage must be None, 'compact' or a sops.StateStorage, got {storage!r}.")
+  return storage
+
+
+@functools.lru_cache(maxsize=64)
+def _gather_index(n: int, strict: bool) -> tuple[np.ndarray, np.ndarray]:
+  """``(rows, cols)`` of the packed upper triangle, and the ``(n, n)`` index of every entry in
+  the packed vector (an entry past its end for a diagonal of a strict triangle)."""
+  rows, cols = np.triu_indices(n, 1 if strict else 0)
+  index = np.full((n, n), len(rows), np.int32)
+  index[rows, cols] = np.arange(len(rows))
+  index[cols, rows] = np.arange(len(rows))
+  return np.stack([rows, cols]), index
+
+
+def pack(x: jax.Array, strict: bool = False) -> jax.Array:
+  """The upper triangle of ``(..., n, n)`` (above the diagonal only when ``strict``)."""
+  (rows, cols), _ = _gather_index(x.shape[-1], strict)
+  return x[..., rows, cols]
+
+
+def unpack(v: jax.Array, n: int, strict: bool = False) -> jax.Array:
+  """The symmetric ``(..., n, n)`` matrices of packed upper triangles (zero diagonal if
+  ``strict``)."""
+  _, index = _gather_index(n, strict)
+  if strict:
+    v = jnp.concatenate([v, jnp.zeros((*v.shape[:-1], 1), v.dtype)], axis=-1)
+  return v[..., index]
+
+
+def _quantize(x: jax.Array, dtype: jnp.dtype, symmetric: bool) -> Quantized:
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # diagonal and scales: >= float32
+  upper = jnp.triu(0.5 * (x + jnp.swapaxes(x, -1, -2)), 1)
+  qmax = float(jnp.iinfo(dtype).max)
+  # Power-of-two scales (the smallest with |x| / scale <= qmax): x / scale and q * scale are
+  # exact, so re-encoding a decoded value gives it back bit for bit. It costs under one bit.
+  mant, exp = jnp.frexp(jnp.max(jnp.abs(upper), axis=-1) / qmax)
+  scales = jnp.ldexp(jnp.ones_like(mant), jnp.where(mant == 0.5, exp - 1, exp))
+  q = jnp.round(upper / scales[..., None])
+  q = jnp.clip(q, -qmax, qmax).astype(dtype)
+  values = pack(q, strict=True) if symmetric else q + jnp.swapaxes(q, -1, -2)
+  return Quantized(values, jnp.diagonal(x, axis1=-2, axis2=-1), scales)
+
+
+def _dequantize(x: Quantized, dtype: jnp.dtype) -> jax.Array:
+  n = x.diagonal.shape[-1]
+  q = unpack(x.values, n, strict=True) if x.values.ndim == 2 else x.values
+  row = np.minimum(np.arange(n)[:, None], np.arange(n)[None, :])  # upper entry (min, max)
+  off = q.astype(x.scales.dtype) * x.scales[..., row]
+  return (off + x.diagonal[..., None] * jnp.eye(n, dtype=off.dtype)).astype(dtype)
+
+
+def encode(x: jax.Array, dtype: jnp.dtype | None, symmetric: bool) -> Any:
+  """A ``(factors, n, n)`` symmetric stack in its stored form (``dtype=None``: ``x.dtype``)."""
+  dtype = x.dtype if dtype is None else dtype
+  if jnp.issubdtype(dtype, jnp.integer):
+    return _quantize(x, dtype, symmetric)
+  if symmetric:  # the mean of the two triangles (G G^T is symmetric only up to rounding)
+    return pack(0.5 * (x + jnp.swapaxes(x, -1, -2))).astype(dtype)
+  return x.astype(dtype)
+
+
+def decode(x: Any, dtype: jnp.dtype) -> jax.Array:
+  """The full ``(factors, n, n)`` stack in ``dtype`` from its stored form."""
+  if isinstance(x, Quantized):
+    return _dequantize(x, dtype)
+  if x.ndim == 2:
+    n = int(round((np.sqrt(8 * x.shape[-1] + 1) - 1) / 2))
+    return unpack(x, n).astype(dtype)
+  return x.astype(dtype)
+
+
+def encode_like(x: jax.Array, like: Any) -> Any:
+  """``x`` in the stored form of ``like`` (same layout and dtype)."""
+  if isinstance(like, Quantized):
+    return _quantize(x, like.values.dtype, like.values.ndim == 2)
+  return encode(x, like.dtype, like.ndim == 2)
+
+
+def round_trip(stacks: tuple[jax.Array, ...], like: tuple[Any, ...], dtype: Any) -> tuple:
+  """Full stacks rounded to the stored form of ``like`` (no-op for full float storage)."""
+  return tuple(decode(encode_like(x, s), dtype) for x, s in zip(stacks, like, strict=True))
+
+
+_STACKS = ("statistics", "preconditioners", "pending_statistics")
+
+
+def _is_quantized(x: Any) -> bool:
+  return isinstance(x, Quantized)
+
+
+def decode_state(state: Any, dtype: jnp.dtype, fields: tuple[str, ...] = _STACKS) -> Any:
+  """A ``ScaleByShampooState`` whose stacks ``fields`` are full float matrices."""
+  dec = functools.partial(decode, dtype=dtype)
+  return state._replace(
+    **{f: jax.tree.map(dec, getattr(state, f), is_leaf=_is_quantized) for f in fields}
+  )
+
+
+def encode_state(state: Any, like: Any, fields: tuple[str, ...] = _STACKS) -> Any:
+  """``state`` (full stacks ``fields``) stored like the state ``like``."""
+  return state._replace(
+    **{f: jax.tree.map(encode_like, getattr(state, f), getattr(like, f)) for f in fields}
+  )

@@ -17,6 +17,7 @@
     python benchmarks/state_memory.py                 # memory tables only (seconds)
     python benchmarks/state_memory.py --quality       # + training runs (~15 min on a 2-core CPU)
     python benchmarks/state_memory.py --quality --quick   # smoke test
+    python benchmarks/state_memory.py --timing        # step time, full vs compact (~3 min)
 
 Output: markdown tables on stdout, ``benchmarks/results/state_memory.json``.
 """
@@ -30,6 +31,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -132,6 +134,30 @@ def quality_rows(args) -> tuple[list[dict], list[dict]]:
   return rows, runs
 
 
+TIMED = ("adamw", "shampoo", "shampoo compact (sym, int16 stats, int8 roots)")
+
+
+def timing_rows(args) -> list[dict]:
+  """Mean step time (single jitted steps, root steps included) of ``TIMED``, rows interleaved."""
+  task = lm.make_task(args.seed, args.min_count, args.eval_every)
+  schedule = _common.lr_schedule(args.lr_shampoo, args.steps)
+  kws = {label: (kind, kw) for label, kind, kw in OPTIONS}
+  times = {label: [] for label in TIMED}
+  for _ in range(args.repeats):
+    for label in TIMED:
+      tx = make(kws[label][0], schedule, kws[label][1])
+      t = _common.per_step_times(task.loss_fn, task.params, tx, task.sample, args.timing_steps)
+      times[label].append(1e3 * float(np.mean(t)))
+      print(f"{label}: {times[label][-1]:.2f} ms/step", flush=True)
+  rows = [
+    {"optimizer": k, "mean_step_ms": float(np.mean(v)), "repeats_ms": v} for k, v in times.items()
+  ]
+  for r in rows:
+    r["vs_adamw"] = r["mean_step_ms"] / rows[0]["mean_step_ms"]
+    r["vs_shampoo"] = r["mean_step_ms"] / rows[1]["mean_step_ms"]
+  return rows
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quality", action="store_true", help="train for the quality cost")
@@ -143,6 +169,9 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--rows", type=int, default=len(QUALITY), help="first N quality rows")
   parser.add_argument("--quick", action="store_true", help="40 steps, 2 Shampoo rows")
+  parser.add_argument("--timing", action="store_true", help="only time full vs compact steps")
+  parser.add_argument("--timing-steps", type=int, default=200, help="timed steps per row")
+  parser.add_argument("--repeats", type=int, default=2, help="timings per row (mean reported)")
   parser.add_argument(
     "--out",
     default=os.path.join(
@@ -152,6 +181,19 @@ def main() -> None:
   args = parser.parse_args()
   if args.quick:
     args.steps, args.eval_every, args.lrs_adamw, args.rows = 40, 20, [3e-3], 2
+    args.timing_steps, args.repeats = 20, 1
+  if args.timing:
+    rows = timing_rows(args)
+    cols = (
+      ("optimizer", "optimizer", ""),
+      ("mean_step_ms", "mean step ms", ".2f"),
+      ("vs_adamw", "vs AdamW", ".2f"),
+      ("vs_shampoo", "vs full Shampoo", ".2f"),
+    )
+    meta = {"benchmark": "state_memory --timing", "machine": _common.machine_info()}
+    out = args.out.replace(".json", "_timing.json")
+    _common.write_results("state_memory_timing", rows, meta, "", cols, {"args": vars(args)}, out)
+    return
 
   task_params = lm.make_task(args.seed, args.min_count, args.eval_every).params
   models = {"transformer": task_params, "large": large_params()}

@@ -51,7 +51,7 @@ def test_public_function_docstring_examples_run(fn):
   assert result.failed == 0, f"{_name(fn)}: {result.failed} doctest example(s) failed"
 
 
-PUBLIC_CLASSES = [sops.RootConfig, sops.AsyncRoots]
+PUBLIC_CLASSES = [sops.RootConfig, sops.AsyncRoots, sops.StateStorage]
 
 
 @pytest.mark.parametrize("cls", PUBLIC_CLASSES, ids=_name)

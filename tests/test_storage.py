@@ -15,11 +15,11 @@ import sops
 from sops._src import storage as st
 
 S = sops.StateStorage
+# Packed float storage alone is tested against full storage below; "compact" is the last one
+# without the bfloat16 momentum.
 OPTIONS = {
-  "symmetric": S(symmetric=True),
   "bf16": S(statistics="bfloat16", preconditioners="bfloat16"),
   "int16": S(statistics="int16", preconditioners="int16"),
-  "compact": "compact",
   "compact-bf16-momentum": S(True, "int16", "int8", "bfloat16"),
 }
 KW = dict(block_size=8, start_preconditioning_step=2, precondition_every=3)
@@ -114,17 +114,21 @@ def _train(tx, params, loss, steps=15):
 
 
 def test_packed_float_storage_follows_the_full_storage_trajectory(rng):
-  # Lossless but for the float32 asymmetry of G G^T (the packed form keeps the mean of the two
-  # triangles): trajectories agree to float32 rounding.
-  params, loss = _problem(rng)
-  p_full, s_full = _train(sops.shampoo(1e-2, **KW), params, loss)
-  p_sym, s_sym = _train(sops.shampoo(1e-2, storage=S(symmetric=True), **KW), params, loss)
-  for a, b in zip(jax.tree.leaves(p_full), jax.tree.leaves(p_sym), strict=True):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-  full, packed = s_full[0].statistics[0], s_sym[0].statistics[0]
-  assert packed.shape == (full.shape[0], 8 * 9 // 2)
-  dec = np.asarray(st.decode(packed, jnp.float32))
-  np.testing.assert_allclose(dec, np.asarray(full), rtol=1e-4, atol=1e-6)
+  # Lossless but for the rounding asymmetry of G G^T (the packed form keeps the mean of the two
+  # triangles). Compared in float64: in float32 early roots of rank-deficient statistics amplify
+  # any rounding difference to ~1e-4 within 15 steps (see tests/test_sharding.py).
+  with jax.enable_x64(True):
+    params, loss = _problem(rng)
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+    kw = dict(KW, statistics_dtype="float64")
+    p_full, s_full = _train(sops.shampoo(1e-2, **kw), params, loss)
+    p_sym, s_sym = _train(sops.shampoo(1e-2, storage=S(symmetric=True), **kw), params, loss)
+    for a, b in zip(jax.tree.leaves(p_full), jax.tree.leaves(p_sym), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+    full, packed = s_full[0].statistics[0], s_sym[0].statistics[0]
+    assert packed.shape == (full.shape[0], 8 * 9 // 2)
+    dec = np.asarray(st.decode(packed, jnp.float64))
+    np.testing.assert_allclose(dec, np.asarray(full), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))

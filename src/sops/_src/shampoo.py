@@ -44,18 +44,20 @@ class ScaleByShampooState(NamedTuple):
   """State of :func:`scale_by_shampoo`: arrays only, fixed shapes and dtypes."""
 
   shampoo_count: jax.Array  # shape=(), int32: applied (finite) steps
-  statistics: tuple[jax.Array, ...]  # one (num_factors, size, size) stack per (size, p) group,
-  #   statistics_dtype: EMAs of G G^T (and G^T G, ...) of every block
-  preconditioners: tuple[jax.Array, ...]  # same shapes and dtype: the inverse p-th roots
-  eigenbases: tuple[jax.Array, ...]  # same shapes and dtype: the tracked eigenbases (warm-started
-  #   eigh roots), or () for other root methods
+  statistics: tuple[Any, ...]  # one (num_factors, size, size) stack per (size, p) group,
+  #   statistics_dtype: EMAs of G G^T (and G^T G, ...) of every block; with a `storage` option
+  #   (num_factors, size (size + 1) / 2) upper triangles and/or a storage.Quantized per stack
+  preconditioners: tuple[Any, ...]  # same layout: the inverse p-th roots
+  eigenbases: tuple[jax.Array, ...]  # (num_factors, size, size), statistics_dtype: the tracked
+  #   eigenbases (warm-started eigh roots), or () for other root methods
   pending_statistics: tuple[tuple[jax.Array, ...], ...]  # root_staleness > 0 only, else ():
   #   ceil(root_staleness / precondition_every) slots, each a snapshot shaped like statistics
   root_steps: tuple[jax.Array, ...]  # one (num_factors,) int32 per stack: step of each factor's
   #   last accepted root, 0 = none yet (its blocks use the graft direction)
   graft_nu: Any  # tree like params, param dtype promoted to >= float32: the graft's second
   #   moments (Adam/RMSProp/AdaGrad), or () for "sgd"/"none"
-  shampoo_momentum: Any  # tree like params, same dtypes: EMA of the grafted direction
+  shampoo_momentum: Any  # tree like params, same dtypes (or storage.momentum): EMA of the
+  #   grafted direction
   info: ShampooInfo
 
 

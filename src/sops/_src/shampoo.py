@@ -440,14 +440,17 @@ def scale_by_shampoo(
       roots, bases, root_steps, info, pending = delayed_roots(state, stats, count, part)
     else:
       roots, bases, root_steps, info = refresh_roots(state, stats, count, part)
-    # New roots are used at the precision they are stored in (as when installed from outside).
-    roots = _storage.round_trip(roots, stored.preconditioners, sdt)
+    # New roots are used at the precision they are stored in (as when installed from outside);
+    # they are encoded only on the steps that computed them.
+    roots, stored_roots = _storage.updated_stacks(
+      roots, stored.preconditioners, info.steps_since_root == 0, sdt
+    )
     dirs = directions(leaves, graft_dir, blocks, roots, root_steps, count, part)
     out, mom = _momentum(mom_leaves, dirs, count, b1, nesterov)
     new_state = ScaleByShampooState(
       shampoo_count=count,
       statistics=stats,
-      preconditioners=roots,
+      preconditioners=stored_roots,
       eigenbases=bases,
       pending_statistics=pending,
       root_steps=root_steps,
@@ -455,7 +458,7 @@ def scale_by_shampoo(
       shampoo_momentum=jax.tree.unflatten(mom_def, mom),
       info=info,
     )
-    new_state = _storage.encode_state(new_state, like=stored)
+    new_state = _storage.encode_state(new_state, stored, ("statistics", "pending_statistics"))
     return [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)], new_state, finite
 
   def update_fn(updates, state, params=None):

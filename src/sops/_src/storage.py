@@ -19,13 +19,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 
 class Quantized(NamedTuple):
   """A stack of symmetric matrices stored as integers: ``x[i, j] = values[i, j] * scales[i]``
   for ``i < j`` (and symmetric), ``x[i, i] = diagonal[i]``."""
 
-  values: jax.Array  # int8/int16: (factors, n (n - 1) / 2) packed, or (factors, n, n) symmetric
+  values: jax.Array  # int8/int16, zero diagonal: (factors, n (n + 1) / 2) packed or (factors, n, n)
   diagonal: jax.Array  # (factors, n) float32 (float64 for float64 statistics)
   scales: jax.Array  # (factors, n), same dtype: row scales (powers of two) of the strict upper part
 
@@ -117,30 +118,46 @@ def as_storage(storage: Any) -> StateStorage:
   return storage
 
 
-@functools.lru_cache(maxsize=64)
-def _gather_index(n: int, strict: bool) -> tuple[np.ndarray, np.ndarray]:
-  """``(rows, cols)`` of the packed upper triangle, and the ``(n, n)`` index of every entry in
-  the packed vector (an entry past its end for a diagonal of a strict triangle)."""
-  rows, cols = np.triu_indices(n, 1 if strict else 0)
-  index = np.full((n, n), len(rows), np.int32)
-  index[rows, cols] = np.arange(len(rows))
-  index[cols, rows] = np.arange(len(rows))
-  return np.stack([rows, cols]), index
+def _halves(n: int) -> tuple[int, np.ndarray]:
+  k = n // 2
+  return k, np.arange(k + 1)[:, None] > np.arange(k)[None, :]  # strictly lower in (k + 1, k)
 
 
-def pack(x: jax.Array, strict: bool = False) -> jax.Array:
-  """The upper triangle of ``(..., n, n)`` (above the diagonal only when ``strict``)."""
-  (rows, cols), _ = _gather_index(x.shape[-1], strict)
-  return x[..., rows, cols]
+def pack(x: jax.Array) -> jax.Array:
+  """The ``n (n + 1) / 2`` entries of an upper triangle of symmetric ``(..., n, n)`` matrices.
+
+  Even ``n = 2k`` with slices only (a rectangular full packed layout, no gather): with ``x =
+  [[P, Q^T], [Q, R]]`` the lower triangle of ``P`` and the upper triangle of ``R`` share one
+  ``(k + 1, k)`` array, followed by ``Q``. Odd ``n``: the upper triangle, row by row.
+  """
+  n = x.shape[-1]
+  if n % 2:
+    rows, cols = np.triu_indices(n)
+    return x[..., rows, cols]
+  k, lower = _halves(n)
+  zero_row = jnp.zeros((*x.shape[:-2], 1, k), x.dtype)
+  p_low = jnp.concatenate([zero_row, x[..., :k, :k]], axis=-2)
+  r_up = jnp.concatenate([x[..., k:, k:], zero_row], axis=-2)
+  rfp = jnp.where(lower, p_low, r_up).reshape((*x.shape[:-2], k * (k + 1)))
+  return jnp.concatenate([rfp, x[..., k:, :k].reshape((*x.shape[:-2], k * k))], axis=-1)
 
 
-def unpack(v: jax.Array, n: int, strict: bool = False) -> jax.Array:
-  """The symmetric ``(..., n, n)`` matrices of packed upper triangles (zero diagonal if
-  ``strict``)."""
-  _, index = _gather_index(n, strict)
-  if strict:
-    v = jnp.concatenate([v, jnp.zeros((*v.shape[:-1], 1), v.dtype)], axis=-1)
-  return v[..., index]
+def unpack(v: jax.Array, n: int) -> jax.Array:
+  """The symmetric ``(..., n, n)`` matrices of :func:`pack`'s output."""
+  if n % 2:
+    rows, cols = np.triu_indices(n)
+    index = np.zeros((n, n), np.int32)
+    index[rows, cols] = index[cols, rows] = np.arange(len(rows))
+    return v[..., index]
+  k, lower = _halves(n)
+  rfp = v[..., : k * (k + 1)].reshape((*v.shape[:-1], k + 1, k))
+  q = v[..., k * (k + 1) :].reshape((*v.shape[:-1], k, k))
+  low_p, up_r = rfp[..., 1:, :], rfp[..., :k, :]
+  tri = np.arange(k)[:, None] >= np.arange(k)[None, :]
+  p = jnp.where(tri, low_p, jnp.swapaxes(low_p, -1, -2))
+  r = jnp.where(tri.T, up_r, jnp.swapaxes(up_r, -1, -2))
+  top = jnp.concatenate([p, jnp.swapaxes(q, -1, -2)], axis=-1)
+  return jnp.concatenate([top, jnp.concatenate([q, r], axis=-1)], axis=-2)
 
 
 def _quantize(x: jax.Array, dtype: jnp.dtype, symmetric: bool) -> Quantized:
@@ -153,15 +170,17 @@ def _quantize(x: jax.Array, dtype: jnp.dtype, symmetric: bool) -> Quantized:
   scales = jnp.ldexp(jnp.ones_like(mant), jnp.where(mant == 0.5, exp - 1, exp))
   q = jnp.round(upper / scales[..., None])
   q = jnp.clip(q, -qmax, qmax).astype(dtype)
-  values = pack(q, strict=True) if symmetric else q + jnp.swapaxes(q, -1, -2)
+  q = q + jnp.swapaxes(q, -1, -2)  # zero diagonal
+  values = pack(q) if symmetric else q
   return Quantized(values, jnp.diagonal(x, axis1=-2, axis2=-1), scales)
 
 
 def _dequantize(x: Quantized, dtype: jnp.dtype) -> jax.Array:
   n = x.diagonal.shape[-1]
-  q = unpack(x.values, n, strict=True) if x.values.ndim == 2 else x.values
-  row = np.minimum(np.arange(n)[:, None], np.arange(n)[None, :])  # upper entry (min, max)
-  off = q.astype(x.scales.dtype) * x.scales[..., row]
+  q = unpack(x.values, n) if x.values.ndim == 2 else x.values
+  upper = np.arange(n)[:, None] <= np.arange(n)[None, :]  # entry (i, j) has row min(i, j)'s scale
+  scale = jnp.where(upper, x.scales[..., :, None], x.scales[..., None, :])
+  off = q.astype(x.scales.dtype) * scale
   return (off + x.diagonal[..., None] * jnp.eye(n, dtype=off.dtype)).astype(dtype)
 
 
@@ -192,9 +211,17 @@ def encode_like(x: jax.Array, like: Any) -> Any:
   return encode(x, like.dtype, like.ndim == 2)
 
 
-def round_trip(stacks: tuple[jax.Array, ...], like: tuple[Any, ...], dtype: Any) -> tuple:
-  """Full stacks rounded to the stored form of ``like`` (no-op for full float storage)."""
-  return tuple(decode(encode_like(x, s), dtype) for x, s in zip(stacks, like, strict=True))
+def updated_stacks(full: tuple, like: tuple, changed: jax.Array, dtype: Any) -> tuple[tuple, tuple]:
+  """``(decoded, stored)`` of stacks ``full`` that differ from their stored form ``like`` only
+  where ``changed`` (a traced bool): encoded, and rounded to the stored precision, only then."""
+
+  def encode_all():
+    stored = tuple(encode_like(x, s) for x, s in zip(full, like, strict=True))
+    return tuple(decode(x, dtype) for x in stored), stored
+
+  if all(not _is_quantized(s) and s.ndim == 3 for s in like):  # full float storage: casts only
+    return encode_all()
+  return lax.cond(changed, encode_all, lambda: (full, tuple(like)))
 
 
 _STACKS = ("statistics", "preconditioners", "pending_statistics")

@@ -102,13 +102,18 @@ def _problem(rng):
   return params, loss
 
 
-def _train(tx, params, loss, steps=15):
+def _step(tx, loss):
   @jax.jit
   def step(p, s):
     u, s = tx.update(jax.grad(loss)(p), s, p)
     return optax.apply_updates(p, u), s
 
-  state = tx.init(params)
+  return step
+
+
+def _train(tx, params, loss, steps=15, state=None):
+  step = _step(tx, loss)
+  state = tx.init(params) if state is None else state
   for _ in range(steps):
     params, state = step(params, state)
   return params, state
@@ -168,12 +173,7 @@ def test_async_roots_equal_delayed_roots_bit_for_bit_with_compact_storage(rng):
   kw = dict(KW, storage="compact")
   p_delayed, _ = _train(sops.shampoo(1e-2, root_staleness=2, **kw), params, loss, steps=12)
   tx, roots = sops.async_shampoo(1e-2, root_staleness=2, root_device=jax.devices()[1], **kw)
-
-  @jax.jit
-  def step(p, s):
-    u, s = tx.update(jax.grad(loss)(p), s, p)
-    return optax.apply_updates(p, u), s
-
+  step = _step(tx, loss)
   p, state = params, tx.init(params)
   for _ in range(12):
     p, state = step(p, state)
@@ -225,14 +225,7 @@ def test_checkpoint_round_trip_through_numpy_resumes_bit_for_bit(rng):
   leaves, treedef = jax.tree.flatten((p, state))
   saved = [np.asarray(x).copy() for x in leaves]  # e.g. np.savez
   p, state = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in saved])
-
-  @jax.jit
-  def step(p, s):
-    u, s = tx.update(jax.grad(loss)(p), s, p)
-    return optax.apply_updates(p, u), s
-
-  for _ in range(6):
-    p, state = step(p, state)
+  p, _ = _train(tx, p, loss, steps=6, state=state)
   for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_end), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -266,3 +259,29 @@ def test_storage_survives_inject_hyperparams(rng):
   p, state = _train(tx, params, loss, steps=6)
   assert isinstance(state.inner_state[0].statistics[0], st.Quantized)
   assert float(loss(p)) < float(loss(params))
+
+
+def test_soap_with_compact_storage_trains_near_full_precision(rng):
+  params, loss = _problem(rng)
+  kw = dict(block_size=8, precondition_every=3)
+  p_full, _ = _train(sops.soap(3e-2, **kw), params, loss)
+  storage = S(True, "int16", "bfloat16", "bfloat16")
+  p, state = _train(sops.soap(3e-2, storage=storage, **kw), params, loss)
+  node = state[0]
+  assert isinstance(node.soap_statistics[0], st.Quantized)
+  assert node.soap_statistics[0].values.shape[-1] == 8 * 9 // 2
+  assert node.soap_eigenbases[0].dtype == jnp.bfloat16
+  assert node.soap_mu["w"].dtype == jnp.bfloat16 and node.soap_nu["w"].dtype == jnp.float32
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(node))
+  assert int(node.info.basis_failures) == 0 and int(node.info.nonfinite_skips) == 0
+  assert float(loss(p)) < 0.9 * float(loss(params))
+  assert abs(float(loss(p)) - float(loss(p_full))) < 0.05 * float(loss(p_full))
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  sharded = sops.soap(3e-2, storage="compact", num_shards=8, **kw).init(params)
+  spec = sops.shampoo_state_sharding(sharded, mesh, "data")[0].soap_statistics[0]
+  assert spec.values.spec == P("data") and spec.scales.spec == P("data")
+
+
+def test_soap_rejects_integer_eigenbases():
+  with pytest.raises(ValueError, match="eigenbases"):
+    sops.soap(1e-3, storage=S(preconditioners="int8"))

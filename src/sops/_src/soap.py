@@ -49,12 +49,14 @@ class ScaleBySoapState(NamedTuple):
   """State of :func:`scale_by_soap`: arrays only, fixed shapes and dtypes."""
 
   soap_count: jax.Array  # shape=(), int32: applied (finite) steps
-  soap_statistics: tuple[jax.Array, ...]  # one (num_factors, size, size) stack per factor size,
-  #   statistics_dtype: EMAs of G G^T (and G^T G, ...) of every block
-  soap_eigenbases: tuple[jax.Array, ...]  # same shapes and dtype: eigenvectors (columns) of the
-  #   statistics at the last refresh, the identity before the first
-  soap_mu: Any  # tree like params, param dtype promoted to >= float32: Adam's first moment, in
-  #   the eigenbasis coordinates for preconditioned leaves
+  soap_statistics: tuple[Any, ...]  # one (num_factors, size, size) stack per factor size,
+  #   statistics_dtype: EMAs of G G^T (and G^T G, ...) of every block; stored packed and/or
+  #   quantised with a `storage` option (as Shampoo's)
+  soap_eigenbases: tuple[jax.Array, ...]  # (num_factors, size, size), statistics_dtype (or
+  #   storage.preconditioners): eigenvectors (columns) of the statistics at the last refresh,
+  #   the identity before the first
+  soap_mu: Any  # tree like params, param dtype promoted to >= float32 (or storage.momentum):
+  #   Adam's first moment, in the eigenbasis coordinates for preconditioned leaves
   soap_nu: Any  # same: Adam's second moment (in the eigenbasis coordinates where preconditioned)
   info: SoapInfo
 
@@ -125,6 +127,7 @@ def scale_by_soap(
   statistics_dtype: Any = "float32",
   axis_name: str | None = None,
   num_shards: int | None = None,
+  storage: Any = None,
 ) -> optax.GradientTransformation:
   r"""Scales updates by Adam run in the eigenbasis of Shampoo's Kronecker factors (SOAP).
 
@@ -169,6 +172,9 @@ def scale_by_soap(
       every stack and the results are all-gathered; gradients must already be averaged.
     num_shards: pad every stack to a multiple of this, for :func:`sops.shampoo_state_sharding`.
       Static; ``None`` pads nothing.
+    storage: how the state is kept between steps (:class:`sops.StateStorage`): statistics packed
+      and/or quantised, eigenbases in ``preconditioners`` (a float dtype), Adam's first moment in
+      ``momentum``; ``"compact"``: packed int16 statistics, bfloat16 eigenbases.
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a :class:`ScaleBySoapState`.
@@ -210,6 +216,8 @@ def scale_by_soap(
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name must be None or a str, got {axis_name!r}.")
   sdt = _storage.compute_dtype(statistics_dtype)
+  store = _storage.as_storage(storage, soap=True)
+  stacks = ("soap_statistics", "soap_eigenbases")
   if refresh == "qr":  # measured: docs/soap.md
     refresh = "qr_householder" if jax.default_backend() == "cpu" else "qr_cholesky"
   qr_method = refresh.removeprefix("qr_")
@@ -228,19 +236,22 @@ def scale_by_soap(
       for (s, _), real in zip(part.stack_keys, part.real_sizes, strict=True)
     )
 
-    def zeros_like_params():
-      return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), grafting.accumulator_dtype(p)), params)
+    def zeros_like_params(dtype=None):
+      return jax.tree.map(
+        lambda p: jnp.zeros(jnp.shape(p), dtype or grafting.accumulator_dtype(p)), params
+      )
 
     def zero_i():
       return jnp.zeros([], jnp.int32)
 
     return ScaleBySoapState(
       soap_count=zero_i(),
-      soap_statistics=stats,
+      soap_statistics=tuple(_storage.encode(x, store.statistics, store.symmetric) for x in stats),
       soap_eigenbases=tuple(
-        jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=sdt), x.shape) for x in stats
+        jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=store.preconditioners or sdt), x.shape)
+        for x in stats
       ),
-      soap_mu=zeros_like_params(),
+      soap_mu=zeros_like_params(store.momentum),
       soap_nu=zeros_like_params(),
       info=SoapInfo(zero_i(), jnp.zeros([], jnp.float32), zero_i(), zero_i()),
     )
@@ -272,19 +283,22 @@ def scale_by_soap(
     )
     return tuple(new), mu, nu, info
 
-  def step(leaves, state, part):
+  def step(leaves, stored, part):
+    state = _storage.decode_state(stored, sdt, stacks)
     count = utils.safe_increment(state.soap_count)
     mu, mu_def = jax.tree.flatten(state.soap_mu)
+    mu_dtypes = [m.dtype for m in mu]
     nu, nu_def = jax.tree.flatten(state.soap_nu)
     bases = state.soap_eigenbases
     blocks = kronecker.to_block_list(leaves, part, sdt)
-    g = [x.astype(m.dtype) for x, m in zip(leaves, mu, strict=True)]
+    g = [x.astype(grafting.accumulator_dtype(x)) for x in leaves]
     g = rotate(g, bases, part, False, blocks)
     b1_, b2_ = jnp.asarray(b1), jnp.asarray(b2)
-    mu = [(b1_ * m + (1.0 - b1_) * x).astype(m.dtype) for m, x in zip(mu, g, strict=True)]
+    mu_full = [b1_ * m + (1.0 - b1_) * x for m, x in zip(mu, g, strict=True)]
+    mu = [f.astype(m.dtype) for f, m in zip(mu_full, mu, strict=True)]
     nu = [(b2_ * v + (1.0 - b2_) * x * x).astype(v.dtype) for v, x in zip(nu, g, strict=True)]
     bc1, bc2 = 1.0 - b1_**count, 1.0 - b2_**count
-    dirs = [(m / bc1) / (jnp.sqrt(v / bc2) + eps) for m, v in zip(mu, nu, strict=True)]
+    dirs = [(m / bc1) / (jnp.sqrt(v / bc2) + eps) for m, v in zip(mu_full, nu, strict=True)]
     out = rotate(dirs, bases, part, True)
     stats, finite = kronecker.scheduled_statistics(
       state.soap_statistics, blocks, part, shampoo_beta2, count, statistics_every
@@ -303,10 +317,11 @@ def scale_by_soap(
       soap_count=count,
       soap_statistics=stats,
       soap_eigenbases=bases,
-      soap_mu=jax.tree.unflatten(mu_def, mu),
+      soap_mu=jax.tree.unflatten(mu_def, [m.astype(d) for m, d in zip(mu, mu_dtypes, strict=True)]),
       soap_nu=jax.tree.unflatten(nu_def, nu),
       info=info,
     )
+    new_state = _storage.encode_state(new_state, stored, stacks)
     return [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)], new_state, finite
 
   def update_fn(updates, state, params=None):
@@ -338,6 +353,7 @@ def soap(
   statistics_dtype: Any = "float32",
   axis_name: str | None = None,
   num_shards: int | None = None,
+  storage: Any = None,
 ) -> optax.GradientTransformation:
   r"""SOAP with decoupled weight decay and a learning rate (float or schedule).
 
@@ -363,6 +379,7 @@ def soap(
     statistics_dtype: dtype of statistics and eigenbases.
     axis_name: ``pmap`` axis over which basis refreshes are split.
     num_shards: pad the stacks to a multiple of this (see :func:`sops.shampoo_state_sharding`).
+    storage: memory options of the state (:class:`sops.StateStorage` or ``"compact"``).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -401,6 +418,7 @@ def soap(
       statistics_dtype=statistics_dtype,
       axis_name=axis_name,
       num_shards=num_shards,
+      storage=storage,
     )
   ]
   if not (isinstance(weight_decay, numbers.Real) and weight_decay == 0.0):

@@ -77,9 +77,10 @@ class StateStorage:
       exact). The running sums are updated in float32 and re-quantised every step, so changes
       below a quantisation step are rounded away: ``int8`` is too coarse for statistics.
     preconditioners: storage dtype of the inverse roots, as for ``statistics`` (roots are only
-      read between root computations, so coarse storage costs no drift).
+      read between root computations, so coarse storage costs no drift). For :func:`sops.soap`:
+      of its eigenbases, a float dtype (they are not symmetric and are never packed).
     momentum: dtype of the momentum (``None``: the parameters' dtype promoted to float32), as
-      ``mu_dtype`` in ``optax.adam``.
+      ``mu_dtype`` in ``optax.adam``; SOAP's first moment.
 
   Examples:
     >>> import sops
@@ -105,16 +106,25 @@ class StateStorage:
 
 
 COMPACT = StateStorage(symmetric=True, statistics="int16", preconditioners="int8")
+# SOAP's "preconditioners" are its eigenbases: orthogonal, not symmetric, so float storage only.
+SOAP_COMPACT = StateStorage(symmetric=True, statistics="int16", preconditioners="bfloat16")
 
 
-def as_storage(storage: Any) -> StateStorage:
-  """``None`` (full float storage), ``"compact"`` or a :class:`StateStorage`."""
+def as_storage(storage: Any, soap: bool = False) -> StateStorage:
+  """``None`` (full float storage), ``"compact"`` or a :class:`StateStorage`; for SOAP
+  (``soap=True``) the eigenbases take ``preconditioners``, a float dtype."""
   if storage is None:
     return StateStorage()
   if isinstance(storage, str) and storage == "compact":
-    return COMPACT
+    return SOAP_COMPACT if soap else COMPACT
   if not isinstance(storage, StateStorage):
     raise ValueError(f"storage must be None, 'compact' or a sops.StateStorage, got {storage!r}.")
+  dt = storage.preconditioners
+  if soap and dt is not None and not jnp.issubdtype(dt, jnp.floating):
+    raise ValueError(
+      f"SOAP stores its eigenbases in StateStorage.preconditioners: they are not symmetric, so it "
+      f"must be a float dtype, got {dt}."
+    )
   return storage
 
 

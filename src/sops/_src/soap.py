@@ -287,7 +287,6 @@ def scale_by_soap(
     state = _storage.decode_state(stored, sdt, stacks)
     count = utils.safe_increment(state.soap_count)
     mu, mu_def = jax.tree.flatten(state.soap_mu)
-    mu_dtypes = [m.dtype for m in mu]
     nu, nu_def = jax.tree.flatten(state.soap_nu)
     bases = state.soap_eigenbases
     blocks = kronecker.to_block_list(leaves, part, sdt)
@@ -317,7 +316,7 @@ def scale_by_soap(
       soap_count=count,
       soap_statistics=stats,
       soap_eigenbases=bases,
-      soap_mu=jax.tree.unflatten(mu_def, [m.astype(d) for m, d in zip(mu, mu_dtypes, strict=True)]),
+      soap_mu=jax.tree.unflatten(mu_def, mu),
       soap_nu=jax.tree.unflatten(nu_def, nu),
       info=info,
     )

@@ -482,6 +482,26 @@ def test_missing_value_fn_raises_type_error_showing_the_call():
     tx.update(w, tx.init(w), None, value_fn=jnp.sum)
 
 
+def test_linen_train_state_error_points_at_the_recipe_and_the_recipe_trains():
+  from flax.training import train_state  # noqa: PLC0415
+
+  params = {"w": jnp.ones(2)}
+  loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)  # noqa: E731
+  state = train_state.TrainState.create(apply_fn=None, params=params, tx=sops.newton_cg())
+  grads = jax.grad(loss)(params)
+  # Flax forwards apply_gradients' keywords to replace(), not to tx.update.
+  with pytest.raises(TypeError, match="TrainState.*docs/newton_cg.md"):
+    state.apply_gradients(grads=grads, value_fn=loss)
+
+  # The recipe from docs/newton_cg.md: call tx.update with the extra argument, then replace().
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value_fn=loss)
+  state = state.replace(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+  )
+  assert int(state.step) == 1
+  assert float(loss(state.params)) < 0.5 * float(loss(params))
+
+
 def test_missing_gauss_newton_pair_raises_type_error():
   w = jnp.ones(2)
   tx = sops.scale_by_newton_cg(curvature="gauss_newton")

@@ -255,5 +255,15 @@ def scalar_loss(name: str, fn: Callable[[Any], Any]) -> Callable[[Any], jax.Arra
 
 
 def missing_argument(what: str, call: str) -> TypeError:
-  """The ``TypeError`` for a missing extra argument of Newton-CG's ``update``: what, and how."""
-  return TypeError(f"scale_by_newton_cg.update needs {what}: call {call}.")
+  """The ``TypeError`` for a missing extra argument of Newton-CG's ``update``: what, and how.
+
+  The message also names the usual cause in Flax: Linen's ``TrainState.apply_gradients`` calls
+  ``tx.update`` without extra arguments (it forwards its keywords to ``replace``).
+  """
+  return TypeError(
+    f"scale_by_newton_cg.update needs {what}: call {call}. Flax Linen's "
+    "TrainState.apply_gradients(grads=..., value_fn=...) does not pass extra arguments to the "
+    "optimizer: call state.tx.update yourself (the recipe is in docs/newton_cg.md, 'Flax Linen "
+    "TrainState', and examples/flax_linen.py); nnx.Optimizer.update(model, grads, value_fn=...) "
+    "passes them."
+  )

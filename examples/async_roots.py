@@ -114,7 +114,10 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--staleness", type=int, default=10, help="root_staleness s")
   parser.add_argument("--lr", type=float, default=3e-3)
+  parser.add_argument("--smoke", action="store_true", help="a few steps (checks that it runs)")
   args = parser.parse_args()
+  if args.smoke:
+    args.steps = 2 * args.staleness
   x, y = data()
   print(f"roots computed on {jax.devices('cpu')[-1]}, training on {jax.devices()[0]}")
   for name, train in (("Linen", train_linen), ("NNX", train_nnx)):

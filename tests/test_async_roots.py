@@ -14,6 +14,9 @@ from jax.sharding import PartitionSpec as P
 import sops
 from sops._src import async_roots
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 KW = dict(start_preconditioning_step=2, precondition_every=5, block_size=16)
 EVERY, START = 5, 2
 

@@ -23,6 +23,9 @@ import pytest
 
 import sops
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 TOTAL_STEPS = 6
 SAVE_AFTER = 3
 

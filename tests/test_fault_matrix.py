@@ -18,6 +18,9 @@ import pytest
 import sops
 from sops import linalg
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 OPTIMIZERS = ("newton_cg", "shampoo")
 
 # ---------------------------------------------------------------------------------------------

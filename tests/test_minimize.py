@@ -24,6 +24,9 @@ from sklearn.preprocessing import StandardScaler
 
 import sops
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 LAM = 1e-2  # L2 strength of the convex problems; the bias is not regularised
 RTOL = 1e-6  # relative distance of the solution to the reference (see the module docstring)
 

@@ -21,6 +21,9 @@ from hypothesis import strategies as st
 import sops
 from sops._src import blocking
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 # ---------------------------------------------------------------------------------------------
 # sops.linalg.inverse_pth_root
 

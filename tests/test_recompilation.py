@@ -17,6 +17,9 @@ from jax import lax
 
 import sops
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 STEPS = 50
 MASK = {"b": False, "w": True}
 

@@ -13,6 +13,9 @@ import pytest
 import sops
 from sops._src import roots as roots_mod
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 # ---------------------------------------------------------------------------------------------
 # Float64 numpy reference: explicit blocks (numpy slicing, no padding), eigh roots, same grafting.
 

@@ -8,6 +8,9 @@ import pytest
 
 import sops
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 
 @pytest.mark.parametrize("spike", [1e30, 1e20, 1e10])
 def test_one_huge_finite_gradient_is_skipped_and_training_recovers(rng, spike):

@@ -18,6 +18,9 @@ from jax.sharding import PartitionSpec as P
 
 import sops
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 
 def _mesh(devices, name="data"):
   return jax.make_mesh((len(devices),), (name,), axis_types=(AxisType.Auto,), devices=devices)

@@ -10,6 +10,9 @@ import pytest
 import sops
 from sops._src import blocking, kronecker
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 # ---------------------------------------------------------------------------------------------
 # Float64 numpy reference, one block at a time on its real (unpadded) part. A cold eigh basis is
 # not unique (signs, order, and any basis of a degenerate eigenspace such as the null space of

@@ -14,6 +14,9 @@ from jax.sharding import PartitionSpec as P
 import sops
 from sops._src import storage as st
 
+# Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
+pytestmark = pytest.mark.extended
+
 S = sops.StateStorage
 # Packed float storage alone is tested against full storage below; "compact" is the last one
 # without the bfloat16 momentum.

@@ -164,7 +164,7 @@ def _compiled(scenario: Scenario, optimizer: str, steps: int) -> tuple[Callable,
 def _value_fn(scenario: Scenario, params: Any, batch: Any) -> Callable:
   """The loss on ``batch`` as a function of the leaves the optimizer sees."""
   if scenario.trainable is None:
-    return functools.partial(scenario.loss, batch=batch)
+    return lambda p: scenario.loss(p, batch)
 
   def value_fn(trained):  # frozen leaves arrive as optax.MaskedNode: take them from params
     merged = jax.tree.map(

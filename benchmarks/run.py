@@ -26,6 +26,7 @@ import datetime
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import _common  # noqa: E402
 import _harness  # noqa: E402
 
+DOCS_RESULTS = os.path.join(ROOT, "docs", "results")
 SCENARIOS = (
   "regression",
   "vae",
@@ -168,26 +170,43 @@ def scenarios_suite(args, out: str) -> None:
       raise SystemExit(f"--scenarios: unknown {n!r}; choose from {','.join(SCENARIOS)}")
   optimizers = [o.strip() for o in args.optimizers.split(",")] if args.optimizers else None
   seeds = 1 if args.quick else args.seeds
-  results, md = [], [f"# Scenarios ({datetime.date.today()})\n"]
+  results, md = [], []
   for name in names:
     print(f"== scenario {name}", flush=True)
     result = run_scenario(name, seeds, args.quick, optimizers)
     result["summary"] = summarize(result)
     results.append(result)
     target = result["summary"][0]["target"] if result["summary"] else None
-    md.append(f"## {result['title']}\n")
+    md.append(f"### {result['title']}\n")
     if target is not None:
       md.append(f"Target: {_harness.BASELINE}'s mean final validation loss {target:.4g}.\n")
     md.append(_harness.table(result["summary"], columns(result["metric"])) + "\n")
+    md.append(f"![{name}]({name}.png)\n")
     plot(result, os.path.join(out, f"{name}.png"))
+  machine = _common.machine_info()
+  md.insert(0, _provenance(machine, seeds, args.quick))
   text = "\n".join(md)
   print(text)
   with open(os.path.join(out, "scenarios.md"), "w", encoding="utf-8") as f:
     f.write(text)
-  meta = {"machine": _common.machine_info(), "args": vars(args)}
+  meta = {"machine": machine, "args": vars(args)}
   with open(os.path.join(out, "scenarios.json"), "w", encoding="utf-8") as f:
     json.dump(_common._jsonable({"meta": meta, "scenarios": results}), f, indent=1)
   print(f"wrote {out}/scenarios.md, scenarios.json and one PNG per scenario")
+  if args.publish:
+    os.makedirs(DOCS_RESULTS, exist_ok=True)
+    for name in ["scenarios.md", *(f"{n}.png" for n in names)]:
+      shutil.copyfile(os.path.join(out, name), os.path.join(DOCS_RESULTS, name))
+    print(f"copied the table and plots to {DOCS_RESULTS} (shown by docs/results.md)")
+
+
+def _provenance(machine: dict[str, Any], seeds: int, quick: bool) -> str:
+  return (
+    f"Run of {machine['date_utc'][:10]} on {machine['cpu']} ({machine['cores']} cores, "
+    f"{machine['backend']}), JAX {machine['jax']}, optax {machine['optax']}, sops "
+    f"{machine['sops']}; {seeds} seed(s){' (--quick)' if quick else ''}; command "
+    f"`{machine['command']}`.\n"
+  )
 
 
 def performance_suite(args, out: str) -> None:
@@ -207,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--optimizers", default="", help="comma-separated subset (default: all)")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--out", default="", help="output folder (default results/<date>)")
+  parser.add_argument(
+    "--publish", action="store_true", help="also copy the table and plots to docs/results/"
+  )
   args = parser.parse_args(argv)
   out = args.out or os.path.join("results", datetime.date.today().isoformat())
   os.makedirs(out, exist_ok=True)

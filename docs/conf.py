@@ -34,6 +34,6 @@ napoleon_numpy_docstring = False
 # Intersphinx would need the network; keep the build offline.
 html_theme = "furo"
 html_title = f"sops {release}"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "results/*.md"]  # results/ is included by results.md
 nitpicky = False
 suppress_warnings = ["myst.header"]

@@ -17,6 +17,9 @@ import scipy.linalg
 
 import sops.linalg as L
 
+# Accuracy sweeps over conditioning and scale: CI runs them (python -m pytest -m extended).
+pytestmark = pytest.mark.extended
+
 inverse_pth_root = L.inverse_pth_root
 PS = (1, 2, 3, 4, 6, 8)
 

@@ -312,6 +312,7 @@ def test_jit_and_no_jit_agree():
 
 
 @pytest.mark.parametrize("curvature", ["hessian", "gauss_newton"])
+@pytest.mark.extended
 def test_pmap_over_eight_devices_equals_single_device_full_batch(devices, curvature):
   ndev = len(devices)
   params, x, y, predict, out_loss = mlp_problem(n=8 * ndev)
@@ -349,6 +350,7 @@ def test_pmap_over_eight_devices_equals_single_device_full_batch(devices, curvat
   assert int(sm[0].info.cg_iterations[0]) == int(ss[0].info.cg_iterations)
 
 
+@pytest.mark.extended
 def test_works_inside_optax_chain():
   params, x, y, predict, out_loss = mlp_problem()
   value_fn = lambda p: out_loss(predict(p, x), y)  # noqa: E731

@@ -111,6 +111,7 @@ def test_staggering_spreads_root_work_evenly_over_steps(rng):
     assert all(np.all(s >= 6) for s in prev)  # every entry refreshed during steps 6..10
 
 
+@pytest.mark.extended
 def test_staggered_with_every_1_equals_synchronous(rng):
   grads = _grads(rng, 6)
   outs = []
@@ -130,6 +131,7 @@ def test_staggered_with_every_1_equals_synchronous(rng):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.extended
 def test_blocks_use_the_graft_direction_until_all_their_factors_have_roots(rng):
   # Staggered over 50 steps, the 4x4 stack's entries get their first roots one by one: a block's
   # output equals Adam's (graft-only) update until both of its factors have a root.
@@ -210,6 +212,7 @@ def test_root_config_validates_and_auto_picks_eigh_on_cpu():
     sops.shampoo(1e-3, stagger_roots="yes")
 
 
+@pytest.mark.extended
 def test_warm_started_roots_stay_close_to_exact_roots_during_training(rng):
   # The tracked basis (one QR step per refresh, cold eigh above 1% off-diagonal mass) gives roots
   # within a few percent of exact float64 roots of the same statistics, on a slowly drifting

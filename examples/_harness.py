@@ -67,6 +67,8 @@ class Scenario:
     trainable: optional ``trainable(params) -> pytree of bools``: only the ``True`` leaves train
       (``optax.masked``), the others stay frozen (``optax.set_to_zero``); Newton-CG's
       ``value_fn`` then takes the trainable leaves (frozen ones arrive as ``optax.MaskedNode``).
+    key_impl: the PRNG implementation of the key ``init`` gets (``None``: JAX's default,
+      threefry; ``"rbg"`` compiles a conv net's initialisation ~5x faster on a CPU).
   """
 
   name: str
@@ -89,6 +91,7 @@ class Scenario:
   weight_decay: float = 0.0
   optimizers: Sequence[str] = OPTIMIZERS
   trainable: Callable[[Any], Any] | None = None
+  key_impl: str | None = None
 
   def budget(self, optimizer: str, scale: float = 1.0) -> tuple[int, int]:
     """``(steps, batch_size)`` of ``optimizer``; ``scale`` multiplies the steps."""
@@ -221,7 +224,7 @@ def train(
   steps, batch_size = scenario.budget(optimizer, scale)
   init, chunk = _compiled(scenario, optimizer, steps)
   evaluate = _evaluate(scenario)
-  params = scenario.init(jax.random.key(seed))
+  params = scenario.init(jax.random.key(seed, impl=scenario.key_impl))
   state = init(params, lr)
   first = _batches(scenario, seed, 0, batch_size)
   jax.block_until_ready(chunk(params, state, first))  # compile (cached after the first call)

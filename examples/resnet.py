@@ -10,7 +10,7 @@ convolution, 1x1 projection on the skip), global average pooling and a dense sof
 cross-entropy loss. The convolutions are im2col matmuls (see :class:`Conv`); optax's Muon
 orthogonalises 2-D weights only, so the 4-D conv kernels get its Adam fallback.
 
-    python examples/resnet.py            # every optimizer (~3 min on a 2-core CPU)
+    python examples/resnet.py            # every optimizer (~1 min 45 s on a 2-core CPU)
     python examples/resnet.py --smoke    # a few steps each, no plot
     python examples/resnet.py --steps 0.5 --optimizers adamw,shampoo
 

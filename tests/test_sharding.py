@@ -98,7 +98,8 @@ def test_sharded_jit_root_work_per_device_is_one_nth(devices):
   mesh = _mesh(devices)
   rep = NamedSharding(mesh, P())
   params = _params(np.random.default_rng(1), jnp.float32)
-  tx = sops.shampoo(1e-2, inverse_root="eigh", num_shards=n_dev, **SHAMPOO_KW)
+  batched = sops.RootConfig("eigh", sequential_eigh=False)  # one batched eigh call per stack
+  tx = sops.shampoo(1e-2, inverse_root=batched, num_shards=n_dev, **SHAMPOO_KW)
   state = tx.init(params)
   shardings = sops.shampoo_state_sharding(state, mesh, "data")
 
@@ -120,7 +121,8 @@ def test_pmap_root_work_per_device_is_one_nth(devices):
   # Under pmap each device roots ceil(32 / 8) = 4 blocks of the size-8 stack and all-gathers.
   n_dev = len(devices)
   params = _params(np.random.default_rng(2), jnp.float32)
-  tx = sops.shampoo(1e-2, inverse_root="eigh", axis_name="dev", **SHAMPOO_KW)
+  batched = sops.RootConfig("eigh", sequential_eigh=False)  # one batched eigh call per stack
+  tx = sops.shampoo(1e-2, inverse_root=batched, axis_name="dev", **SHAMPOO_KW)
   state = tx.init(params)
   rep = lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (n_dev, *x.shape)), t)  # noqa: E731
   pstep = jax.pmap(lambda p, s, g: tx.update(g, s, p), axis_name="dev", devices=devices)

@@ -31,7 +31,7 @@ from sops._src.shampoo import (
   scale_by_shampoo,
   shampoo,
 )
-from sops._src.sharding import shampoo_state_sharding
+from sops._src.sharding import fsdp_sharding, shampoo_state_sharding
 from sops._src.soap import ScaleBySoapState, SoapInfo, scale_by_soap, soap
 from sops._src.storage import StateStorage
 
@@ -50,6 +50,7 @@ __all__ = [
   "StateStorage",
   "__version__",
   "async_shampoo",
+  "fsdp_sharding",
   "linalg",
   "newton_cg",
   "newton_cg_minimize",

@@ -53,7 +53,9 @@ class RootConfig:
     sequential_eigh: with ``"eigh"``, decompose a stack's blocks one at a time rather than in one
       batched call (same results): on CPU the batched call runs on the process' shared thread
       pool, which serializes it with other CPU devices' computations. :func:`sops.async_shampoo`
-      sets it when roots and training share a CPU.
+      sets it when roots and training share a CPU. ``None`` (default): on where JAX has several
+      CPU devices (simulated devices, multi-process jobs), where the batched call can deadlock,
+      its pool's threads held by the other devices waiting in a collective; off elsewhere.
 
   Examples:
     >>> import sops
@@ -72,22 +74,28 @@ class RootConfig:
   warm_start: bool = False
   warm_start_tol: float = 1e-2
   max_iters: int = 100
-  sequential_eigh: bool = False
+  sequential_eigh: bool | None = None
 
   def __post_init__(self):
     utils.check_choice("method", self.method, METHODS)
     utils.check_choice("warm_start", self.warm_start, (True, False))
     utils.check_scalar("warm_start_tol", self.warm_start_tol, low=0.0, low_inclusive=False)
     utils.check_scalar("max_iters", self.max_iters, low=1, integer=True)
-    utils.check_choice("sequential_eigh", self.sequential_eigh, (True, False))
+    utils.check_choice("sequential_eigh", self.sequential_eigh, (True, False, None))
 
   def resolved(self, platform: str | None = None) -> RootConfig:
     """This config with ``"auto"`` replaced by the method chosen for ``platform`` (``"cpu"``,
-    ``"gpu"``, ...; default: the default backend)."""
-    if self.method != "auto":
-      return self
-    method = "eigh" if (platform or jax.default_backend()) == "cpu" else "coupled_newton"
-    return dataclasses.replace(self, method=method)
+    ``"gpu"``, ...; default: the default backend), and ``sequential_eigh=None`` decided (on where
+    a batched ``eigh`` can deadlock: several CPU devices)."""
+    cpu = (platform or jax.default_backend()) == "cpu"
+    method = self.method if self.method != "auto" else ("eigh" if cpu else "coupled_newton")
+    # With several CPU devices, a batched eigh waits for the process' thread pool, whose threads
+    # the other devices may hold while they wait in a collective: a deadlock (seen under sharded
+    # jit, in one process and across processes). One block at a time runs on the calling thread.
+    sequential = self.sequential_eigh
+    if sequential is None:
+      sequential = method == "eigh" and cpu and jax.device_count() > 1
+    return dataclasses.replace(self, method=method, sequential_eigh=sequential)
 
   @property
   def tracks_basis(self) -> bool:

@@ -8,6 +8,7 @@ communication layer of our own is involved.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -127,3 +128,57 @@ def shampoo_state_sharding(
     )
 
   return jax.tree.map(one, state, is_leaf=_is_shampoo)
+
+
+def fsdp_sharding(tree: Any, mesh: Mesh, axis: str, *, min_size: int = 2**14) -> Any:
+  """FSDP-style shardings: every large array split over ``axis`` along one of its dimensions.
+
+  Each leaf of ``tree`` with at least ``min_size`` elements is split along its largest dimension
+  that divides evenly over the ``N = mesh.shape[axis]`` devices (the first such one on ties), so
+  each device stores ``1/N`` of it; smaller leaves, and leaves no dimension of which divides, are
+  replicated. Use it for the parameters (and so, through ``params_sharding`` of
+  :func:`sops.shampoo_state_sharding`, for the parameter-shaped optimizer state): under ``jit``
+  XLA all-gathers each weight where the forward pass needs it and reduce-scatters its gradient,
+  as in fully sharded data parallelism. The rule depends only on shapes, so the gradients and the
+  parameter-shaped moments of any optimizer get the same sharding as their parameters.
+
+  Args:
+    tree: a pytree of arrays (or of ``jax.ShapeDtypeStruct``), e.g. the parameters.
+    mesh: the device mesh.
+    axis: name of the mesh axis to split over.
+    min_size: leaves with fewer elements stay replicated (splitting them saves little memory and
+      costs a collective each).
+
+  Returns:
+    A pytree of ``jax.sharding.NamedSharding`` with the structure of ``tree``.
+
+  Raises:
+    ValueError: if ``axis`` is not a mesh axis or ``min_size`` is negative.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, sops
+    >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    >>> params = {"w": jnp.ones((4096, 1024)), "b": jnp.ones(1024)}
+    >>> shardings = sops.fsdp_sharding(params, mesh, "data")
+    >>> shardings["w"].spec, shardings["b"].spec
+    (PartitionSpec('data', None), PartitionSpec())
+
+  References:
+    Zhao et al., "PyTorch FSDP: Experiences on Scaling Fully Sharded Data Parallel",
+    arXiv:2304.11277; Xu et al., "GSPMD", arXiv:2105.04663 (sharding annotations in XLA).
+  """
+  if axis not in mesh.shape:
+    raise ValueError(f"axis must be one of the mesh axes {tuple(mesh.shape)}, got {axis!r}.")
+  if min_size < 0:
+    raise ValueError(f"min_size must be >= 0, got {min_size}.")
+  n = mesh.shape[axis]
+
+  def one(x):
+    shape = tuple(x.shape)
+    dims = [d for d in range(len(shape)) if shape[d] % n == 0 and shape[d] >= n]
+    if not dims or math.prod(shape) < min_size:
+      return NamedSharding(mesh, P())
+    d = max(dims, key=lambda i: (shape[i], -i))
+    return NamedSharding(mesh, P(*(axis if i == d else None for i in range(len(shape)))))
+
+  return jax.tree.map(one, tree)

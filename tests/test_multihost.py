@@ -92,3 +92,11 @@ def test_launch_validates_its_arguments():
     sops.launch.launch([sys.executable, "-c", "pass"], 0)
   with pytest.raises(ValueError, match="devices_per_process"):
     sops.launch.launch([sys.executable, "-c", "pass"], 2, devices_per_process=0)
+
+
+def test_launch_command_line_needs_a_program(tmp_path):
+  with pytest.raises(SystemExit):
+    sops.launch.main(["-n", "2"])
+  script = tmp_path / "ok.py"
+  script.write_text("import os, sys; sys.exit(int(os.environ['SOPS_NUM_PROCESSES']) - 2)\n")
+  assert sops.launch.main(["-n", "2", str(script), "--an-argument"]) == 0

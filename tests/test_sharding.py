@@ -216,3 +216,29 @@ def test_state_sharding_rejects_explicit_mesh_axes(devices):
   state = sops.shampoo(1e-2, num_shards=8).init({"w": jnp.ones((16, 16))})
   with pytest.raises(ValueError, match="Auto"):
     sops.shampoo_state_sharding(state, mesh, "data")
+
+
+def test_fsdp_sharding_splits_the_largest_divisible_dimension(devices):
+  mesh = _mesh(devices)
+  tree = {
+    "embed": jax.ShapeDtypeStruct((1000, 64), jnp.float32),  # 1000 % 8 == 0: rows split
+    "w": jax.ShapeDtypeStruct((30, 4096), jnp.float32),  # 30 does not divide: columns split
+    "odd": jax.ShapeDtypeStruct((999, 33), jnp.float32),  # nothing divides: replicated
+    "b": jax.ShapeDtypeStruct((4096,), jnp.float32),  # under min_size: replicated
+  }
+  sh = sops.fsdp_sharding(tree, mesh, "data", min_size=2**14)
+  assert sh["embed"].spec == P("data", None)
+  assert sh["w"].spec == P(None, "data")
+  assert sh["odd"].spec == P() and sh["b"].spec == P()
+  assert sops.fsdp_sharding(tree, mesh, "data", min_size=0)["b"].spec == P("data")
+  # Usable as they are: every device stores 1/8 of a split array.
+  x = jax.device_put(jnp.ones((1000, 64)), sh["embed"])
+  assert {s.data.shape for s in x.addressable_shards} == {(125, 64)}
+
+
+def test_fsdp_sharding_validates_its_arguments(devices):
+  mesh = _mesh(devices)
+  with pytest.raises(ValueError, match="axis"):
+    sops.fsdp_sharding({"w": jnp.ones((8, 8))}, mesh, "model")
+  with pytest.raises(ValueError, match="min_size"):
+    sops.fsdp_sharding({"w": jnp.ones((8, 8))}, mesh, "data", min_size=-1)

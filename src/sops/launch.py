@@ -153,7 +153,7 @@ def launch(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """``python -m sops.launch -n N [options] script.py [args]`` (or ``-m module [args]``)."""
+  """``python -m sops.launch -n N [options] script.py [args]``; returns the exit status."""
   parser = argparse.ArgumentParser(prog="python -m sops.launch", description=__doc__.split("\n")[0])
   parser.add_argument("-n", "--num-processes", type=int, default=2)
   parser.add_argument(
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   parser.add_argument("--port", type=int, default=0, help="coordinator port (default: a free one)")
   parser.add_argument("--timeout", type=float, default=None, help="seconds before all are stopped")
-  parser.add_argument("program", nargs=argparse.REMAINDER, help="script.py [args] or -m module")
+  parser.add_argument("program", nargs=argparse.REMAINDER, help="script.py [args]")
   args = parser.parse_args(argv)
   if not args.program:
     parser.error("name the script to run, e.g. python -m sops.launch -n 2 train.py")

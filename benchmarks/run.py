@@ -58,6 +58,9 @@ PERFORMANCE = (
   ("shampoo_step_cost", True),
   ("newton_cg_minimize", True),
   ("state_memory", False),
+  ("sharded_state_memory", False),
+  ("comm_volume", False),
+  ("newton_cg_scaling", False),
 )
 
 

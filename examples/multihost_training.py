@@ -1,15 +1,15 @@
 # Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
-"""Multi-process training: several JAX processes, one global mesh, Newton-CG and Shampoo.
+"""Multi-process training: several JAX processes, one global mesh, Newton-CG, Shampoo and SOAP.
 
 A Flax MLP on the scikit-learn digits, trained data-parallel under ``jit`` with shardings on a
 global one-axis mesh ``("data",)`` of every device of every process. Each process builds only its
 own rows of every batch and hands them to ``jax.make_array_from_process_local_data``; nothing is
 sent between processes but what XLA's collectives send. With ``--fsdp`` the parameters and the
 parameter-shaped optimizer state are split over the mesh too (``sops.fsdp_sharding``); Shampoo's
-statistics and preconditioner stacks are split either way (``sops.shampoo_state_sharding``), so
-each device stores and roots ``1/N`` of the blocks. ``--checkpoint-dir`` saves a sharded orbax
-checkpoint after ``--checkpoint-step`` steps, which ``--restore`` continues from, with any process
-count.
+(``--optimizers soap``: SOAP's) statistics and preconditioner stacks are split either way
+(``sops.shampoo_state_sharding``), so each device stores and roots ``1/N`` of the blocks.
+``--checkpoint-dir`` saves a sharded orbax checkpoint after ``--checkpoint-step`` steps, which
+``--restore`` continues from, with any process count.
 
     python -m sops.launch -n 2 examples/multihost_training.py          # 2 processes x 4 CPU devices
     python -m sops.launch -n 2 examples/multihost_training.py --fsdp   # parameters sharded too
@@ -68,6 +68,10 @@ def make_optimizer(name: str, n_dev: int, x64: bool) -> optax.GradientTransforma
   if name == "newton_cg":
     return sops.newton_cg(maxiter=10)
   stats = "float64" if x64 else "float32"
+  if name == "soap":
+    return sops.soap(
+      3e-3, block_size=64, precondition_every=5, statistics_dtype=stats, num_shards=n_dev
+    )
   return sops.shampoo(
     3e-3,
     block_size=64,
@@ -79,8 +83,8 @@ def make_optimizer(name: str, n_dev: int, x64: bool) -> optax.GradientTransforma
 
 
 def state_sharding(name: str, tx, abstract_state, mesh, params_sharding):
-  """Shampoo: stacks split over the mesh; others: parameter-shaped leaves like the parameters."""
-  if name == "shampoo":
+  """Shampoo, SOAP: stacks split over the mesh; others: parameter-shaped leaves like the params."""
+  if name in ("shampoo", "soap"):
     return sops.shampoo_state_sharding(
       abstract_state, mesh, "data", params_sharding=params_sharding
     )
@@ -175,7 +179,7 @@ def restore(path: str, params, state) -> tuple[dict, object, int]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--optimizers", default="newton_cg,shampoo")
+  parser.add_argument("--optimizers", default="newton_cg,shampoo", help="also: soap")
   parser.add_argument("--fsdp", action="store_true", help="shard parameters too")
   parser.add_argument("--layouts", default="", help="dp,fsdp: several in one run (default --fsdp)")
   parser.add_argument("--steps", type=int, default=50)

@@ -78,6 +78,26 @@ def eigh(a: jax.Array, sequential: bool = False) -> tuple[jax.Array, jax.Array]:
   return w.reshape(a.shape[:-1]), v.reshape(a.shape)
 
 
+def batched_lapack_may_deadlock(platform: str | None = None) -> bool:
+  """Whether a batched CPU ``eigh``/QR may deadlock: JAX has several CPU devices.
+
+  The batched LAPACK call waits for the process' thread pool, whose threads the other CPU
+  devices may hold while they wait in a collective (seen under sharded ``jit``, in one process
+  and across processes); one block at a time (:func:`eigh`, :func:`qr`) runs on the calling
+  thread.
+  """
+  return (platform or jax.default_backend()) == "cpu" and jax.device_count() > 1
+
+
+def qr(x: jax.Array, sequential: bool = False) -> tuple[jax.Array, jax.Array]:
+  """``jnp.linalg.qr`` of a stack; ``sequential`` runs it one block at a time (see :func:`eigh`)."""
+  if not sequential:
+    return jnp.linalg.qr(x)
+  flat = x.reshape(-1, *x.shape[-2:])
+  q, r = lax.map(jnp.linalg.qr, flat)
+  return q.reshape(x.shape[:-1] + q.shape[-1:]), r.reshape(x.shape[:-2] + r.shape[-2:])
+
+
 def cold_eigenbasis(a: jax.Array, sequential: bool = False) -> Eigenbasis:
   """Full ``eigh`` of symmetric blocks ``a`` (already :func:`masked`)."""
   _, q = eigh(a, sequential)
@@ -115,21 +135,28 @@ def cholesky_qr(x: jax.Array) -> jax.Array:
   return x
 
 
-def ordered_qr(aq: jax.Array, q: jax.Array, k_real: jax.Array, method: str = "householder"):
+def ordered_qr(
+  aq: jax.Array,
+  q: jax.Array,
+  k_real: jax.Array,
+  method: str = "householder",
+  sequential: bool = False,
+):
   """One subspace-iteration step ``qr(a q)`` from the basis ``q``, given ``aq = a q``.
 
   The columns are first ordered by decreasing Rayleigh quotient, the padding columns last (they
   stay at the padding positions): subspace iteration converges to the eigenvectors in that order,
   so a column that is already an eigenvector keeps its place instead of being pulled towards a
   larger one by the Gram-Schmidt step. ``method``: ``"householder"`` (``jnp.linalg.qr``) or
-  ``"cholesky"`` (:func:`cholesky_qr`, for accelerators).
+  ``"cholesky"`` (:func:`cholesky_qr`, for accelerators); ``sequential``: Householder QR one
+  block at a time (:func:`qr`).
   """
   key = jnp.where(padding_columns(q, k_real), -jnp.inf, jnp.sum(q * aq, axis=-2))
   order = jnp.argsort(-key, axis=-1)[..., None, :]
   x = jnp.take_along_axis(aq, order, axis=-1)
 
   def householder():
-    q_new, r = jnp.linalg.qr(x)
+    q_new, r = qr(x, sequential)
     # Keep each column's orientation (qr's signs are arbitrary): a basis that does not move stays.
     sign = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0).astype(q.dtype)
     return q_new * sign[..., None, :]

@@ -89,12 +89,9 @@ class RootConfig:
     a batched ``eigh`` can deadlock: several CPU devices)."""
     cpu = (platform or jax.default_backend()) == "cpu"
     method = self.method if self.method != "auto" else ("eigh" if cpu else "coupled_newton")
-    # With several CPU devices, a batched eigh waits for the process' thread pool, whose threads
-    # the other devices may hold while they wait in a collective: a deadlock (seen under sharded
-    # jit, in one process and across processes). One block at a time runs on the calling thread.
     sequential = self.sequential_eigh
     if sequential is None:
-      sequential = method == "eigh" and cpu and jax.device_count() > 1
+      sequential = method == "eigh" and eigenbasis.batched_lapack_may_deadlock(platform)
     return dataclasses.replace(self, method=method, sequential_eigh=sequential)
 
   @property

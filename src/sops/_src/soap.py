@@ -92,7 +92,7 @@ def _turn(leaves, part, mats, transpose, group, blocks=None):
   ]
 
 
-def _new_basis(mats, old, basis, k_real, *, first, refresh, qr_method):
+def _new_basis(mats, old, basis, k_real, *, first, refresh, qr_method, sequential):
   """Eigenbases of one stack (cold ``eigh`` on the first refresh or with ``refresh="eigh"``, else
   one ordered QR step from the previous basis); a non-finite block keeps its old basis. Also
   returns how far the old basis had drifted from an eigenbasis, and the failed blocks."""
@@ -100,12 +100,12 @@ def _new_basis(mats, old, basis, k_real, *, first, refresh, qr_method):
   a, mask2 = eigenbasis.masked(mats, k_real)
   aq = jnp.matmul(a, old, precision=lax.Precision.HIGHEST)
   if refresh == "eigh":
-    new = jnp.linalg.eigh(a)[1]
+    new = eigenbasis.eigh(a, sequential)[1]
   else:
     new = lax.cond(
       first,
-      lambda: jnp.linalg.eigh(a)[1],
-      lambda: eigenbasis.ordered_qr(aq, old, k_real, qr_method),
+      lambda: eigenbasis.eigh(a, sequential)[1],
+      lambda: eigenbasis.ordered_qr(aq, old, k_real, qr_method, sequential),
     )
   ok = jnp.all(jnp.isfinite(new), axis=(-1, -2))
   off = eigenbasis.drift(a, old, aq, mask2)
@@ -222,6 +222,7 @@ def scale_by_soap(
     refresh = "qr_householder" if jax.default_backend() == "cpu" else "qr_cholesky"
   qr_method = refresh.removeprefix("qr_")
   group = jax.default_backend() != "cpu"  # one product per leaf group: fewer kernel launches
+  sequential = eigenbasis.batched_lapack_may_deadlock()  # several CPU devices: one block at a time
 
   def plan(leaves) -> blocking.Partition:
     # One exponent for every factor: stacks are grouped by factor size only.
@@ -264,7 +265,9 @@ def scale_by_soap(
 
   def refresh_bases(stats, bases, mu, nu, count, info, part):
     """New eigenbases of every stack and the moments carried into them."""
-    fn = functools.partial(_new_basis, first=count == 1, refresh=refresh, qr_method=qr_method)
+    fn = functools.partial(
+      _new_basis, first=count == 1, refresh=refresh, qr_method=qr_method, sequential=sequential
+    )
     new, offs, fails = [], [jnp.zeros([], jnp.float32)], []
     for i, q in enumerate(bases):
       # LAPACK-based stacks run in turn (see roots.after).

@@ -123,8 +123,10 @@ def train(name: str, fsdp: bool, mesh, args) -> tuple[dict, list[float]]:
   model_init = functools.partial(MLP().init, x=jnp.zeros((1, 64), batches.x.dtype))
   init = lambda key: model_init(key)["params"]  # noqa: E731
   abstract = jax.eval_shape(init, jax.random.key(0))
-  params_sh = sops.fsdp_sharding(abstract, mesh, "data", min_size=1024) if fsdp else replicated
-  params_sh = jax.tree.map(lambda _: params_sh, abstract) if not fsdp else params_sh
+  if fsdp:
+    params_sh = sops.fsdp_sharding(abstract, mesh, "data", min_size=1024)
+  else:
+    params_sh = jax.tree.map(lambda _: replicated, abstract)
   tx = make_optimizer(name, n_dev, args.x64)
   state_sh = state_sharding(name, tx, jax.eval_shape(tx.init, abstract), mesh, params_sh)
   params = jax.jit(init, out_shardings=params_sh)(jax.random.key(args.seed))
@@ -140,7 +142,7 @@ def train(name: str, fsdp: bool, mesh, args) -> tuple[dict, list[float]]:
     updates, state = tx.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state, loss
 
-  batch_sh = jax.tree.map(lambda _: batches.sharding, batches(0))
+  batch_sh = {"x": batches.sharding, "y": batches.sharding}
   step = jax.jit(
     step, in_shardings=(params_sh, state_sh, batch_sh), out_shardings=(params_sh, state_sh, None)
   )

@@ -104,6 +104,41 @@ class Scenario:
     return chunks * self.eval_every, batch
 
 
+def row_sampler(x: np.ndarray, y: np.ndarray) -> Callable[[np.random.Generator, int], Any]:
+  """``sample(rng, batch_size)``: ``{"x", "y"}`` rows drawn without replacement."""
+
+  def sample(rng, batch_size):
+    idx = rng.choice(len(x), size=min(batch_size, len(x)), replace=False)
+    return {"x": x[idx], "y": y[idx]}
+
+  return sample
+
+
+def classification(apply: Callable, x_tr, y_tr, x_va, y_va) -> dict[str, Callable]:
+  """``loss``, ``sample`` and ``evaluate`` of a :class:`Scenario` for a softmax classifier.
+
+  ``apply(params, x) -> logits``; the loss is the mean cross-entropy on a ``{"x", "y"}`` batch;
+  ``evaluate`` runs one forward pass over training and validation data together (one
+  compilation) and reports both losses and the validation accuracy.
+  """
+  xent = optax.softmax_cross_entropy_with_integer_labels
+  x_all, n_tr = np.concatenate([x_tr, x_va]), len(x_tr)
+
+  def loss(params, batch):
+    return jnp.mean(xent(apply(params, batch["x"]), batch["y"]))
+
+  def evaluate(params):
+    logits = apply(params, x_all)
+    tr, va = logits[:n_tr], logits[n_tr:]
+    return {
+      "train_loss": jnp.mean(xent(tr, y_tr)),
+      "val_loss": jnp.mean(xent(va, y_va)),
+      "val_accuracy": jnp.mean(jnp.argmax(va, -1) == y_va),
+    }
+
+  return {"loss": loss, "sample": row_sampler(x_tr, y_tr), "evaluate": evaluate}
+
+
 def make_optimizer(
   scenario: Scenario, optimizer: str, learning_rate: Any, steps: int
 ) -> optax.GradientTransformationExtraArgs:

@@ -27,7 +27,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from scipy.ndimage import zoom
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -112,33 +111,11 @@ def scenario() -> _harness.Scenario:
   x_tr, y_tr, (x_va, y_va) = _data()
   model = ResNet()
 
-  def cross_entropy(params, x, y):
-    logits = model.apply(params, x)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-
-  x_all = np.concatenate([x_tr, x_va])  # one forward pass (and compilation) per evaluation
-
-  def evaluate(params):
-    logits = model.apply(params, x_all)
-    xent = optax.softmax_cross_entropy_with_integer_labels
-    tr, va = logits[: len(x_tr)], logits[len(x_tr) :]
-    return {
-      "train_loss": jnp.mean(xent(tr, y_tr)),
-      "val_loss": jnp.mean(xent(va, y_va)),
-      "val_accuracy": jnp.mean(jnp.argmax(va, -1) == y_va),
-    }
-
-  def sample(rng, batch_size):
-    idx = rng.choice(len(x_tr), size=min(batch_size, len(x_tr)), replace=False)
-    return {"x": x_tr[idx], "y": y_tr[idx]}
-
   return _harness.Scenario(
     name="resnet",
     title="ResNet: 2-block GroupNorm ResNet on 16x16 digits (cross-entropy)",
     init=jax.jit(lambda key: model.init(key, x_tr[:1])),  # one compilation
-    loss=lambda params, batch: cross_entropy(params, batch["x"], batch["y"]),
-    sample=sample,
-    evaluate=evaluate,
+    **_harness.classification(model.apply, x_tr, y_tr, x_va, y_va),
     steps=300,
     eval_every=20,
     batch_size=64,

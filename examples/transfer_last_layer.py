@@ -151,10 +151,6 @@ def scenario() -> _harness.Scenario:
   def loss(params, batch):
     return objective(params, batch["x"], batch["y"])
 
-  def sample(rng, batch_size):
-    idx = rng.choice(len(x_tr), size=min(batch_size, len(x_tr)), replace=False)
-    return {"x": x_tr[idx], "y": y_tr[idx]}
-
   def evaluate(params):
     logits = model.apply(params, x_va)
     return {
@@ -168,7 +164,7 @@ def scenario() -> _harness.Scenario:
     title="Transfer: last layer of a digits 0-4 MLP retrained on digits 5-9 (cross-entropy)",
     init=init,
     loss=loss,
-    sample=sample,
+    sample=_harness.row_sampler(x_tr, y_tr),
     evaluate=evaluate,
     steps=300,
     eval_every=10,

@@ -97,6 +97,13 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="60 steps, 2 staleness values")
   parser.add_argument("--timing-only", action="store_true", help="skip the quality runs")
   parser.add_argument(
+    "--shampoo-kw",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="extra sops.shampoo keyword for every Shampoo row (sync, async and quality runs)",
+  )
+  parser.add_argument(
     "--quality-from", default=None, help="JSON of an earlier run: reuse its quality runs"
   )
   parser.add_argument(
@@ -120,6 +127,7 @@ def main() -> None:
 
   schedule = functools.partial(_common.lr_schedule, steps=args.steps)
   shampoo_kw = dict(weight_decay=args.weight_decay, precondition_every=every)
+  shampoo_kw |= _common.parse_kw(args.shampoo_kw)
 
   # 1. Step time: the same loop of single jitted steps for every row.
   warmup = 10 + every + max(args.timing_staleness) + 2  # compiles roots and installs

@@ -260,3 +260,129 @@ def test_cg_is_exported_from_linalg():
     "nonfinite",
     "converged",
   )
+
+
+# ---------------------------------------------------------------------------------------------
+# Preconditioned CG, saved iterates and Martens' relative-progress stop.
+
+
+def numpy_pcg(a, b, m_inv, iterations):
+  """Textbook preconditioned CG (Nocedal & Wright, Algorithm 5.3) in float64: every iterate."""
+  x = np.zeros_like(b)
+  r = b.copy()
+  z = m_inv @ r
+  d = z.copy()
+  out = []
+  for _ in range(iterations):
+    ad = a @ d
+    alpha = (r @ z) / (d @ ad)
+    x = x + alpha * d
+    r_new = r - alpha * ad
+    z_new = m_inv @ r_new
+    d = z_new + (r_new @ z_new) / (r @ z) * d
+    r, z = r_new, z_new
+    out.append(x.copy())
+  return out
+
+
+def test_preconditioned_cg_iterates_match_numpy_reference(rng):
+  n = 40
+  a = random_spd(rng, n, 1e3)
+  b = rng.standard_normal(n)
+  diag = rng.uniform(0.1, 10.0, n)
+  ref = numpy_pcg(a, b, np.diag(1 / diag), 6)
+  with jax.enable_x64(True):
+    aj, dj = jnp.asarray(a), jnp.asarray(diag)
+    for k in (1, 3, 6):
+      x, info = conjugate_gradient(
+        lambda v: aj @ v, jnp.asarray(b), tol=0.0, maxiter=k, preconditioner=lambda v: v / dj
+      )
+      assert int(info.iterations) == k
+      np.testing.assert_allclose(np.asarray(x), ref[k - 1], rtol=1e-9, atol=1e-12)
+
+
+def test_preconditioned_cg_solves_in_fewer_iterations_when_diagonal_is_the_problem(rng):
+  # A = D^(1/2) C D^(1/2) with a well-conditioned C and a badly scaled diagonal D: the Jacobi
+  # preconditioner M = diag(A) removes the scaling and CG converges much faster.
+  n = 60
+  c = random_spd(rng, n, 10.0)
+  s = np.sqrt(np.geomspace(1e-3, 1e3, n))
+  a = s[:, None] * c * s[None, :]
+  b = rng.standard_normal(n)
+  expected = np.linalg.solve(a, b)
+  with jax.enable_x64(True):
+    aj, dj = jnp.asarray(a), jnp.asarray(np.diag(a))
+    x0, i0 = conjugate_gradient(lambda v: aj @ v, jnp.asarray(b), tol=1e-10, maxiter=500)
+    x1, i1 = conjugate_gradient(
+      lambda v: aj @ v, jnp.asarray(b), tol=1e-10, maxiter=500, preconditioner=lambda v: v / dj
+    )
+  np.testing.assert_allclose(np.asarray(x1), expected, rtol=1e-5)
+  assert bool(i1.converged)
+  assert int(i1.iterations) < 0.5 * int(i0.iterations), (int(i1.iterations), int(i0.iterations))
+
+
+def test_saved_iterates_equal_the_iterates_of_shorter_solves(rng):
+  n = 30
+  a = random_spd(rng, n, 1e2)
+  b = rng.standard_normal(n)
+  save_at = sops.linalg.backtracking_iterations(12)
+  assert save_at == (1, 2, 3, 4, 5, 7, 9, 11, 12)
+  with jax.enable_x64(True):
+    aj, bj = jnp.asarray(a), jnp.asarray(b)
+    mv = lambda v: {"w": aj @ v["w"]}  # noqa: E731
+    x, info, its = sops.linalg.conjugate_gradient_iterates(
+      mv, {"w": bj}, tol=0.0, maxiter=12, save_at=save_at
+    )
+    assert bool(its.valid.all()) and int(info.iterations) == 12
+    for j, k in enumerate(save_at):
+      xk, _ = conjugate_gradient(mv, {"w": bj}, tol=0.0, maxiter=k)
+      np.testing.assert_allclose(its.iterates["w"][j], xk["w"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(its.iterates["w"][-1], x["w"], rtol=0, atol=0)
+    # A solve that stops early marks the later entries invalid (and zero).
+    _, info2, its2 = sops.linalg.conjugate_gradient_iterates(
+      lambda v: aj @ v, bj, tol=0.5, maxiter=12, save_at=save_at
+    )
+    k2 = int(info2.iterations)
+    assert 0 < k2 < 12
+    np.testing.assert_array_equal(np.asarray(its2.valid), np.asarray(save_at) <= k2)
+    assert float(jnp.abs(its2.iterates[~its2.valid]).max()) == 0.0
+
+
+def test_relative_progress_stop_fires_where_martens_rule_says(rng):
+  # A spread-out spectrum: the model value q(x_i) keeps improving, more and more slowly.
+  n = 200
+  a = random_spd(rng, n, 1e4)
+  b = rng.standard_normal(n)
+  eps = 5e-3
+  # Reference: q(x_i) of plain CG iterates, and the first i where Martens' rule holds.
+  xs = numpy_pcg(a, b, np.eye(n), 150)
+  q = np.array([0.0] + [0.5 * x @ a @ x - b @ x for x in xs])
+  expected = None
+  for i in range(1, 151):
+    lag = max(10, -(-i // 10))
+    if i > lag and q[i] < 0 and (q[i] - q[i - lag]) / q[i] < lag * eps:
+      expected = i
+      break
+  assert expected is not None and expected < 150
+  with jax.enable_x64(True):
+    aj = jnp.asarray(a)
+    _, info = conjugate_gradient(
+      lambda v: aj @ v, jnp.asarray(b), tol=0.0, maxiter=150, progress_tol=eps
+    )
+  # Within two iterations: the rule compares nearly equal numbers at the stop, and float64
+  # rounding of CG on a condition-1e4 system moves q(x_i) in its last digits (seen: 69 vs 67).
+  assert abs(int(info.iterations) - expected) <= 2, (int(info.iterations), expected)
+
+
+def test_progress_stop_and_save_at_validation():
+  a = jnp.eye(3)
+  with pytest.raises(ValueError, match="progress_tol"):
+    conjugate_gradient(lambda v: a @ v, jnp.ones(3), progress_tol=0.0)
+  with pytest.raises(ValueError, match="progress_tol"):
+    jax.jit(
+      lambda m: conjugate_gradient(lambda v: a @ v, jnp.ones(3), maxiter=m, progress_tol=1e-3)
+    )(3)
+  with pytest.raises(ValueError, match="save_at"):
+    sops.linalg.conjugate_gradient_iterates(lambda v: a @ v, jnp.ones(3), save_at=(2, 1))
+  with pytest.raises(ValueError, match="ratio"):
+    sops.linalg.backtracking_iterations(10, ratio=1.0)

@@ -17,6 +17,7 @@ Public API:
 
 from sops import linalg
 from sops._src.async_roots import AsyncRoots, async_shampoo
+from sops._src.hessian_free import fisher_diagonal
 from sops._src.minimize import NewtonCGMinimizeInfo, newton_cg_minimize
 from sops._src.newton_cg import (
   NewtonCGInfo,
@@ -50,6 +51,7 @@ __all__ = [
   "StateStorage",
   "__version__",
   "async_shampoo",
+  "fisher_diagonal",
   "fsdp_sharding",
   "linalg",
   "newton_cg",

@@ -9,6 +9,7 @@ the loop identical across the replicas of a ``pmap``.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -48,9 +49,28 @@ class _CGState(NamedTuple):
   r: Any  # pytree like b
   d: Any  # pytree like b
   rr: jax.Array  # shape=(), r^T r
+  rz: jax.Array  # shape=(), r^T M^{-1} r (r^T r without a preconditioner)
   curvature: jax.Array  # shape=(), last d^T A d / d^T d
   nonpositive: jax.Array  # shape=(), bool
   nonfinite: jax.Array  # shape=(), bool
+  stalled: jax.Array  # shape=(), bool: the relative-progress stop fired
+  phi: jax.Array  # (maxiter + 1,) model values q(x_i) for the progress stop, else (0,)
+  saved: Any  # pytree like b with a leading (len(save_at),) axis, or None
+
+
+class CGIterates(NamedTuple):
+  """Iterates saved by :func:`conjugate_gradient_iterates` at the requested iterations.
+
+  Attributes:
+    iterates: pytree like ``b`` with a leading axis, one entry per iteration of ``save_at``
+      (entries past the last completed iteration are zero).
+    iterations: ``(len(save_at),)`` int32, the iteration of each entry.
+    valid: ``(len(save_at),)`` bool, whether that iteration was reached.
+  """
+
+  iterates: Any
+  iterations: jax.Array
+  valid: jax.Array
 
 
 def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -65,6 +85,8 @@ def conjugate_gradient(
   tol: jax.typing.ArrayLike = 1e-5,
   maxiter: jax.typing.ArrayLike | None = None,
   axis_name: str | None = None,
+  preconditioner: Callable[[Any], Any] | None = None,
+  progress_tol: float | None = None,
 ) -> tuple[Any, CGInfo]:
   r"""Solves ``A x = b`` for a symmetric operator on pytrees by conjugate gradients.
 
@@ -93,6 +115,16 @@ def conjugate_gradient(
   that axis, so every replica evaluates the same loop predicate and the collectives inside
   ``matvec`` stay matched. ``matvec`` itself must already return the replica-averaged product.
 
+  With a ``preconditioner`` (a symmetric positive definite ``v -> M^{-1} v``) the loop is
+  preconditioned CG: the search directions are ``M^{-1}``-conjugate and it converges in about
+  ``sqrt(cond(M^{-1} A))`` iterations; the stop stays on the unpreconditioned residual.
+
+  ``progress_tol`` adds Martens' relative-progress stop (2010, Section 4.4): at iteration ``i``
+  with ``k = max(10, ceil(i / 10))``, stop when :math:`q(x_i) < 0` and
+  :math:`(q(x_i) - q(x_{i-k})) / q(x_i) < k \cdot \mathrm{progress\_tol}` (Martens uses
+  ``5e-4``): the quadratic model has stopped improving even though the residual has not
+  converged. It needs a static integer ``maxiter``.
+
   Args:
     matvec: the linear map ``v -> A v`` on pytrees shaped like ``b``; ``A`` must be symmetric.
     b: the right-hand side, any pytree of float arrays.
@@ -102,12 +134,16 @@ def conjugate_gradient(
     maxiter: maximum number of iterations, ``>= 1`` when a static integer (default
       ``10 * size(b)``, as scipy's ``cg``); may be a traced integer.
     axis_name: mapped axis over which inner products are averaged, or ``None``.
+    preconditioner: optional ``v -> M^{-1} v`` on pytrees shaped like ``b``, symmetric positive
+      definite and linear (for example a diagonal scaling).
+    progress_tol: optional ``> 0``: Martens' relative-progress stop (``None``: off).
 
   Returns:
     ``(x, info)``: the approximate solution, shaped like ``b``, and a :class:`CGInfo`.
 
   Raises:
-    ValueError: if a static ``tol`` is negative or NaN, or a static ``maxiter`` is below 1.
+    ValueError: if a static ``tol`` is negative or NaN, a static ``maxiter`` is below 1, or
+      ``progress_tol`` is not positive or comes without a static ``maxiter``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -121,13 +157,107 @@ def conjugate_gradient(
     Hestenes, Stiefel, "Methods of conjugate gradients for solving linear systems", J. Res. Natl.
     Bur. Stand. 49(6), 1952.
 
-    Nocedal, Wright, "Numerical Optimization", 2nd ed., Springer 2006, Algorithms 5.2 and 7.1.
+    Nocedal, Wright, "Numerical Optimization", 2nd ed., Springer 2006, Algorithms 5.2, 5.3 and
+    7.1.
+
+    Martens, "Deep learning via Hessian-free optimization", ICML 2010.
+  """
+  x, info, _ = conjugate_gradient_iterates(
+    matvec,
+    b,
+    x0=x0,
+    tol=tol,
+    maxiter=maxiter,
+    axis_name=axis_name,
+    preconditioner=preconditioner,
+    progress_tol=progress_tol,
+  )
+  return x, info
+
+
+def backtracking_iterations(maxiter: int, ratio: float = 1.3) -> tuple[int, ...]:
+  """Martens' geometrically spaced CG iterations ``ceil(ratio^j)`` up to ``maxiter``.
+
+  Args:
+    maxiter: the last iteration, a positive integer.
+    ratio: spacing, ``> 1`` (Martens: 1.3).
+
+  Returns:
+    The distinct iterations, increasing, ending with ``maxiter``.
+
+  Examples:
+    >>> import sops
+    >>> sops.linalg.backtracking_iterations(10)
+    (1, 2, 3, 4, 5, 7, 10)
+
+  References:
+    Martens, "Deep learning via Hessian-free optimization", ICML 2010, Section 4.6.
+  """
+  utils.check_scalar("maxiter", maxiter, low=1, integer=True)
+  utils.check_scalar("ratio", ratio, low=1.0, low_inclusive=False)
+  out, j = set(), 0
+  while (i := math.ceil(ratio**j - 1e-9)) < maxiter:
+    out.add(i)
+    j += 1
+  return tuple(sorted(out | {int(maxiter)}))
+
+
+def conjugate_gradient_iterates(
+  matvec: Callable[[Any], Any],
+  b: Any,
+  *,
+  x0: Any | None = None,
+  tol: jax.typing.ArrayLike = 1e-5,
+  maxiter: jax.typing.ArrayLike | None = None,
+  axis_name: str | None = None,
+  preconditioner: Callable[[Any], Any] | None = None,
+  progress_tol: float | None = None,
+  save_at: tuple[int, ...] = (),
+) -> tuple[Any, CGInfo, CGIterates | None]:
+  """:func:`conjugate_gradient` that also returns its iterates at the iterations ``save_at``.
+
+  For Martens' CG backtracking (:func:`backtracking_iterations`): the caller evaluates the true
+  objective at the saved iterates and takes the best one.
+
+  Args:
+    matvec: as :func:`conjugate_gradient` (and every argument up to ``progress_tol``).
+    b: right-hand side.
+    x0: optional warm start.
+    tol: relative residual tolerance.
+    maxiter: maximum iterations.
+    axis_name: mapped axis of the inner products.
+    preconditioner: optional ``v -> M^{-1} v``.
+    progress_tol: optional relative-progress stop.
+    save_at: static increasing iterations (``>= 1``) whose iterates are kept.
+
+  Returns:
+    ``(x, info, iterates)``; ``iterates`` is a :class:`CGIterates`, or ``None`` when ``save_at``
+    is empty.
+
+  Examples:
+    >>> import jax.numpy as jnp, sops
+    >>> a = jnp.diag(jnp.array([1.0, 2.0, 3.0]))
+    >>> x, info, its = sops.linalg.conjugate_gradient_iterates(
+    ...   lambda v: a @ v, jnp.ones(3), tol=0.0, maxiter=3, save_at=(1, 2))
+    >>> its.iterates.shape, bool(its.valid.all())
+    ((2, 3), True)
+
+  References:
+    Martens, "Deep learning via Hessian-free optimization", ICML 2010.
   """
   utils.check_scalar("tol", tol, low=0.0)  # static values only: a traced tol is not checked
   if maxiter is None:
     maxiter = max(1, 10 * sum(x.size for x in jax.tree.leaves(b)))
   elif isinstance(maxiter, numbers.Integral):
     utils.check_scalar("maxiter", maxiter, low=1, integer=True)
+  if progress_tol is not None:
+    utils.check_scalar("progress_tol", progress_tol, low=0.0, low_inclusive=False)
+    if not isinstance(maxiter, numbers.Integral):
+      raise ValueError("progress_tol needs a static integer maxiter (it keeps q(x_i) per step).")
+  save_at = tuple(int(i) for i in save_at)
+  if any(i < 1 for i in save_at) or list(save_at) != sorted(set(save_at)):
+    raise ValueError(f"save_at must be increasing iterations >= 1, got {save_at!r}.")
+  precond = preconditioner if preconditioner is not None else (lambda v: v)
 
   def vdot(u, v):
     return utils.pmean_if(optax.tree.vdot(u, v), axis_name)
@@ -144,9 +274,11 @@ def conjugate_gradient(
   dtype = jnp.result_type(bb)
   tol = jnp.asarray(tol, dtype)
   tol_rr = tol * tol * bb
+  zero = jnp.zeros((), dtype)
   if x0 is None:
     x = optax.tree.zeros_like(b)
     r = b
+    q0 = zero
   else:
     ax0 = matvec(x0)
     r0 = jax.tree.map(jnp.subtract, b, ax0)
@@ -155,44 +287,77 @@ def conjugate_gradient(
     keep = q0 < 0
     x = _select(keep, x0, optax.tree.zeros_like(b))
     r = _select(keep, r0, b)
+    q0 = jnp.where(keep, q0, zero).astype(dtype)
+  z = precond(r)
   rr = vdot(r, r)
-  zero = jnp.zeros((), dtype)
+  rz = rr if preconditioner is None else vdot(r, z)
   false = jnp.asarray(False)
-  init = _CGState(jnp.zeros((), jnp.int32), x, r, r, rr, zero, false, false)
+  phi = jnp.zeros((maxiter + 1,) if progress_tol is not None else (0,), dtype)
+  if progress_tol is not None:
+    phi = phi.at[0].set(q0)
+  saved = None
+  if save_at:
+    saved = jax.tree.map(lambda v: jnp.zeros((len(save_at), *v.shape), v.dtype), b)
+  marks = jnp.asarray(save_at or (0,), jnp.int32)
+  init = _CGState(jnp.zeros((), jnp.int32), x, r, z, rr, rz, zero, false, false, false, phi, saved)
 
   def cond_fn(s: _CGState) -> jax.Array:
-    return (s.k < maxiter) & (s.rr > tol_rr) & ~s.nonpositive & ~s.nonfinite
+    going = (s.k < maxiter) & (s.rr > tol_rr) & ~s.nonpositive & ~s.nonfinite
+    return going & ~s.stalled
 
   def body_fn(s: _CGState) -> _CGState:
     ad = matvec(s.d)
     dad = vdot(s.d, ad)
     dd = vdot(s.d, s.d)
-    alpha = s.rr / dad
+    alpha = s.rz / dad
     x = optax.tree.add_scale(s.x, alpha, s.d)
     r = optax.tree.add_scale(s.r, -alpha, ad)
+    z = precond(r)
     rr = vdot(r, r)
-    d = optax.tree.add_scale(r, rr / s.rr, s.d)
+    rz = rr if preconditioner is None else vdot(r, z)
+    d = optax.tree.add_scale(z, rz / s.rz, s.d)
     # d^T A d = 0 is non-positive curvature (alpha = rr / 0 is not a step), not a non-finite value.
     nonpositive = jnp.isfinite(dad) & (dad <= 0)
-    nonfinite = ~nonpositive & ~(jnp.isfinite(dad) & jnp.isfinite(rr) & jnp.isfinite(alpha))
+    finite = jnp.isfinite(dad) & jnp.isfinite(rr) & jnp.isfinite(alpha) & jnp.isfinite(rz)
+    nonfinite = ~nonpositive & ~finite
     ok = ~(nonfinite | nonpositive)
     curvature = jnp.where(dd > 0, dad / jnp.where(dd > 0, dd, 1), zero).astype(dtype)
+    k = s.k + ok.astype(jnp.int32)
+    phi, stalled = s.phi, s.stalled
+    if progress_tol is not None:
+      # q(x) = 0.5 x^T A x - b^T x = -0.5 (b + r)^T x, with r = b - A x from the recurrence.
+      q = -0.5 * vdot(jax.tree.map(jnp.add, b, r), x)
+      phi = jnp.where(ok, s.phi.at[k].set(q.astype(dtype)), s.phi)
+      lag = jnp.maximum(10, (k + 9) // 10)
+      past = phi[jnp.maximum(k - lag, 0)]
+      stalled = ok & (k > lag) & (q < 0) & ((q - past) / q < lag * progress_tol)
+    saved = s.saved
+    if save_at:
+      j = jnp.clip(jnp.searchsorted(marks, k), 0, len(save_at) - 1)
+      hit = ok & (marks[j] == k)
+      saved = jax.tree.map(lambda buf, v: buf.at[j].set(jnp.where(hit, v, buf[j])), s.saved, x)
     return _CGState(
-      k=s.k + ok.astype(jnp.int32),
+      k=k,
       x=_select(ok, x, s.x),
       r=_select(ok, r, s.r),
       d=_select(ok, d, s.d),
       rr=jnp.where(ok, rr, s.rr),
+      rz=jnp.where(ok, rz, s.rz),
       curvature=curvature,
       nonpositive=nonpositive,
       nonfinite=nonfinite,
+      stalled=stalled,
+      phi=phi,
+      saved=saved,
     )
 
   with jax.named_scope("conjugate_gradient"):
     s = lax.while_loop(cond_fn, body_fn, init)
-  # Non-positive curvature at the very first direction: fall back to b (steepest descent).
+  # Non-positive curvature at the very first direction: fall back to b (steepest descent), or
+  # M^{-1} b with a preconditioner (also a descent direction).
   first = s.nonpositive & (s.k == 0)
-  x = _select(first, b_in, jax.tree.map(lambda v: v * scale.astype(v.dtype), s.x))
+  fallback = b_in if preconditioner is None else precond(b_in)
+  x = _select(first, fallback, jax.tree.map(lambda v: v * scale.astype(v.dtype), s.x))
   relative_residual = jnp.where(bb > 0, jnp.sqrt(s.rr / jnp.where(bb > 0, bb, 1)), zero)
   info = CGInfo(
     iterations=s.k,
@@ -202,4 +367,17 @@ def conjugate_gradient(
     nonfinite=s.nonfinite,
     converged=s.rr <= tol_rr,
   )
-  return x, info
+  iterates = None
+  if save_at:
+    valid = marks <= s.k
+    iterates = CGIterates(
+      iterates=jax.tree.map(
+        lambda v: jnp.where(
+          valid.reshape((-1,) + (1,) * (v.ndim - 1)), v * scale.astype(v.dtype), 0
+        ),
+        s.saved,
+      ),
+      iterations=marks,
+      valid=valid,
+    )
+  return x, info, iterates

@@ -8,301 +8,16 @@ learning rate or an optax line search.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
-from jax import lax
 
-from sops._src import curvature as curv
-from sops._src import damping as damping_lib
-from sops._src import utils
-from sops._src.cg import conjugate_gradient
+from sops._src import newton_cg_step, utils
+from sops._src.newton_cg_step import NewtonCGInfo, ScaleByNewtonCGState
 
-_CURVATURES = ("hessian", "gauss_newton")
-_F32 = jnp.float32
-
-
-class NewtonCGInfo(NamedTuple):
-  """Diagnostics of the last Newton-CG update (all zero before the first update).
-
-  Attributes:
-    loss: the loss at the parameters the update started from (replica-averaged; 0 if non-finite).
-    cg_iterations: CG iterations used.
-    relative_residual: final ``||r|| / ||g||`` of the damped Newton system.
-    curvature: Rayleigh quotient ``d^T (B + damping I) d / d^T d`` of the last CG search
-      direction; ``<= 0`` when CG stopped on non-positive curvature.
-    nonpositive_curvature: whether CG stopped on non-positive curvature.
-    fallback: whether the descent check fired (``g . p >= 0``) and the direction became ``-g``.
-    reduction_ratio: actual over predicted decrease ``rho`` of the full step (0 when not adaptive
-      or not measurable; the most negative float32 when the trial loss was not finite).
-    rejected: whether ``adaptive_damping`` rejected the step (``rho <= 0``: the full step did not
-      lower the loss), so the update was zero and the damping grew.
-    nonfinite: whether the loss, gradient or a curvature product was not finite, so the update
-      was zero and the state kept. Huge or tiny but finite values are not flagged: CG and the
-      damping rule work on rescaled copies.
-    stalled: whether the step cannot lower the loss measurably: its predicted decrease (the
-      quadratic model with ``adaptive_damping``, else ``g . p``) is below ``100 eps |loss|`` in
-      the loss's dtype. Expected at convergence; on every step it means the damping dominates the
-      curvature (for example a loss scaled by ``1e-20`` against ``min_damping``): rescale the loss
-      or lower the damping. The damping is not adapted on such steps.
-  """
-
-  loss: jax.Array  # shape=(), float32
-  cg_iterations: jax.Array  # shape=(), int32
-  relative_residual: jax.Array  # shape=(), float32
-  curvature: jax.Array  # shape=(), float32
-  nonpositive_curvature: jax.Array  # shape=(), bool
-  fallback: jax.Array  # shape=(), bool
-  reduction_ratio: jax.Array  # shape=(), float32
-  rejected: jax.Array  # shape=(), bool
-  nonfinite: jax.Array  # shape=(), bool
-  stalled: jax.Array  # shape=(), bool
-
-
-class ScaleByNewtonCGState(NamedTuple):
-  """State of :func:`scale_by_newton_cg`.
-
-  Attributes:
-    count: number of updates so far (saturating).
-    cg_solution: the last Newton direction, the warm start of the next solve (``None`` when
-      ``warm_start=False``).
-    damping: the Tikhonov damping used by the next update.
-    nonfinite_count: number of updates skipped because of non-finite values (saturating).
-    info: diagnostics of the last update.
-  """
-
-  count: jax.Array  # shape=(), int32
-  cg_solution: Any  # pytree like params, params dtype; None without warm start
-  damping: jax.Array  # shape=(), float32
-  nonfinite_count: jax.Array  # shape=(), int32
-  info: NewtonCGInfo
-
-
-def _validate(
-  *,
-  damping,
-  maxiter,
-  tol,
-  curvature,
-  warm_start_decay,
-  min_damping,
-  max_damping,
-  damping_adjustment,
-) -> None:
-  # Numbers and concrete arrays are checked; traced values (inside jit) cannot be.
-  utils.check_scalar("damping", damping, low=0.0)
-  utils.check_scalar("maxiter", maxiter, low=1, integer=True)
-  utils.check_scalar("tol", tol, low=0.0)
-  utils.check_choice("curvature", curvature, _CURVATURES)
-  utils.check_scalar("warm_start_decay", warm_start_decay, low=0.0, high=1.0)
-  utils.check_scalar("min_damping", min_damping, low=0.0)
-  utils.check_scalar("max_damping", max_damping, low=0.0, allow_inf=True)
-  utils.check_scalar("damping_adjustment", damping_adjustment, low=1.0, low_inclusive=False)
-  if isinstance(min_damping, numbers.Real) and isinstance(max_damping, numbers.Real):
-    if max_damping < min_damping:
-      raise ValueError(f"max_damping must be >= min_damping={min_damping}, got {max_damping}.")
-
-
-def _select(pred, on_true, on_false):
-  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
-def _vdot(u, v, axis_name):
-  return utils.pmean_if(optax.tree.vdot(u, v), axis_name)
-
-
-def _prepare(grads, params, state, value_fn, predict_fn, output_loss_fn, warm_start):
-  """Float leaves of ``grads`` and ``params`` (checked against each other and ``init``) and the
-  user's functions on them. Int, bool and float0 leaves take no part: the functions close over
-  their values and the callers pass their gradients through unchanged."""
-  full = params
-  grads, params = utils.float_leaves(grads), utils.float_leaves(params)
-  utils.check_grad_tree(
-    grads,
-    params,
-    what="grads",
-    against="params",
-    context="newton_cg: the gradient tree does not match the params",
-  )
-  if warm_start:
-    utils.check_grad_tree(
-      params,
-      state.cg_solution,
-      what="params",
-      against="init params",
-      context="newton_cg: params do not match the params given to init",
-    )
-
-  def on_floats(fn, name):
-    if fn is None:
-      return None
-    f = lambda p: fn(utils.restore_leaves(p, full))  # noqa: E731
-    return f if name is None else utils.scalar_loss(name, f)
-
-  if output_loss_fn is not None:
-    output_loss_fn = utils.scalar_loss("output_loss_fn", output_loss_fn)
-  return grads, params, on_floats(value_fn, "value_fn"), on_floats(predict_fn, None), output_loss_fn
-
-
-def _make(
-  *,
-  damping,
-  maxiter,
-  tol,
-  curvature,
-  warm_start,
-  warm_start_decay,
-  adaptive_damping,
-  min_damping,
-  max_damping,
-  damping_adjustment,
-  descent_check,
-  axis_name,
-):
-  """Shared core: ``init_fn`` and an update that also returns the loss, gradient and loss_fn."""
-  _validate(
-    damping=damping,
-    maxiter=maxiter,
-    tol=tol,
-    curvature=curvature,
-    warm_start_decay=warm_start_decay,
-    min_damping=min_damping,
-    max_damping=max_damping,
-    damping_adjustment=damping_adjustment,
-  )
-
-  def init_fn(params):
-    # Every leaf is a buffer of its own, so that the state can be donated to a jitted step.
-    def zero():
-      return jnp.zeros((), _F32)
-
-    def false():
-      return jnp.zeros((), jnp.bool_)
-
-    return ScaleByNewtonCGState(
-      count=jnp.zeros((), jnp.int32),
-      cg_solution=optax.tree.zeros_like(utils.float_leaves(params)) if warm_start else None,
-      damping=jnp.array(damping, _F32),
-      nonfinite_count=jnp.zeros((), jnp.int32),
-      info=NewtonCGInfo(
-        zero(),
-        jnp.zeros((), jnp.int32),
-        zero(),
-        zero(),
-        false(),
-        false(),
-        zero(),
-        false(),
-        false(),
-        false(),
-      ),
-    )
-
-  def update_fn(grads, state, params, value_fn, predict_fn, output_loss_fn):
-    if params is None:
-      raise utils.missing_argument("params", "update(grads, state, params, value_fn=loss_fn)")
-    grads, params, value_fn, predict_fn, output_loss_fn = _prepare(
-      grads, params, state, value_fn, predict_fn, output_loss_fn, warm_start
-    )
-    value, bvp, loss_fn = curv.linearize(curvature, params, value_fn, predict_fn, output_loss_fn)
-    value = utils.pmean_if(value, axis_name)
-    g = utils.pmean_if(grads, axis_name)
-    bvp = curv.average_over(bvp, axis_name)
-    lam = state.damping if adaptive_damping else damping
-    # CG and the damping rule run in float32 at least: float16's range (6.5e4) is exceeded by the
-    # squared norms of ordinary gradients, and its resolution stalls CG. The curvature product
-    # itself stays in the params' dtype.
-    up = lambda t: jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, _F32)), t)  # noqa: E731
-    matvec = lambda v: up(bvp(optax.tree.cast_like(v, params)))  # noqa: E731
-    g32 = up(g)
-    b = jax.tree.map(jnp.negative, g32)
-    x0 = None
-    if warm_start:
-      decay = jnp.asarray(warm_start_decay)
-      x0 = jax.tree.map(lambda s: decay.astype(s.dtype) * s, up(state.cg_solution))
-    p, cg = conjugate_gradient(
-      curv.add_damping(matvec, lam), b, x0=x0, tol=tol, maxiter=maxiter, axis_name=axis_name
-    )
-
-    # Inner products of g and p are taken on copies scaled to max|x| = 1: with a loss times 1e20
-    # (or gradients times 1e30) g.g and g.p overflow float32 although every input is finite.
-    sg, gh = damping_lib.unit_scaled(g32, axis_name)
-    sp, ph = damping_lib.unit_scaled(p, axis_name)
-    gph = _vdot(gh, ph, axis_name)  # g.p / (sg sp)
-    if descent_check:
-      fallback = (gph >= 0) & (sg > 0)
-      p = _select(fallback, b, p)
-      sp, ph = _select(fallback, (sg, jax.tree.map(jnp.negative, gh)), (sp, ph))
-      gph = jnp.where(fallback, -_vdot(gh, gh, axis_name), gph)
-    else:
-      fallback = jnp.asarray(False)
-    p_out = optax.tree.cast_like(p, params)
-
-    value32 = value.astype(_F32)
-    eps = jnp.finfo(jnp.result_type(value)).eps  # the resolution of the loss as computed
-    # Predicted decreases are compared with 100 eps |f| in the same scaled units.
-    resolution = 100 * eps * jnp.abs(value32) / sg / sp
-    finite = (
-      jnp.isfinite(value32)
-      & utils.tree_all_finite(g32)
-      & utils.tree_all_finite(p_out)
-      & ~cg.nonfinite
-      & jnp.isfinite(gph)
-    )
-    # A step whose first-order decrease g.p is below the loss's resolution cannot lower it
-    # measurably (a loss times 1e-20 against an absolute damping of 1, or a converged problem).
-    stalled = finite & ~(gph < -resolution)
-    new_lam, rho, rejected = jnp.asarray(lam, _F32), jnp.zeros((), _F32), jnp.asarray(False)
-    if adaptive_damping:
-      with jax.named_scope("newton_cg_damping"):
-        new_value = utils.pmean_if(loss_fn(optax.tree.add(params, p_out)), axis_name)
-        new_lam, rho, rejected, stalled, finite = damping_lib.levenberg_marquardt(
-          gph=gph,
-          curvature_term=(sp / sg) * _vdot(ph, matvec(ph), axis_name),
-          change=(new_value.astype(_F32) - value32) / sg / sp,
-          resolution=resolution,
-          damping=lam,
-          finite=finite,
-          min_damping=min_damping,
-          max_damping=max_damping,
-          adjustment=damping_adjustment,
-        )
-
-    take = finite & ~rejected
-    update = _select(take, p_out, optax.tree.zeros_like(p_out))
-    cg_solution = _select(take, p_out, state.cg_solution) if warm_start else None
-
-    def clean(x, dtype=_F32):
-      return jnp.where(finite & jnp.isfinite(x), x, 0).astype(dtype)
-
-    info = NewtonCGInfo(
-      loss=clean(value),
-      cg_iterations=jnp.where(finite, cg.iterations, 0).astype(jnp.int32),
-      relative_residual=clean(cg.relative_residual),
-      curvature=clean(cg.curvature),
-      nonpositive_curvature=finite & cg.nonpositive_curvature,
-      fallback=finite & fallback,
-      reduction_ratio=clean(rho),
-      rejected=rejected,
-      nonfinite=~finite,
-      stalled=stalled,
-    )
-    new_state = ScaleByNewtonCGState(
-      count=utils.safe_increment(state.count),
-      cg_solution=cg_solution,
-      damping=new_lam,
-      nonfinite_count=jnp.where(
-        finite, state.nonfinite_count, utils.safe_increment(state.nonfinite_count)
-      ),
-      info=info,
-    )
-    return update, new_state, value, g, loss_fn, params
-
-  return init_fn, update_fn
+__all__ = ["NewtonCGInfo", "ScaleByNewtonCGState", "newton_cg", "scale_by_newton_cg"]
 
 
 def scale_by_newton_cg(
@@ -319,6 +34,11 @@ def scale_by_newton_cg(
   damping_adjustment: jax.typing.ArrayLike = 1.5,
   descent_check: bool = True,
   axis_name: str | None = None,
+  preconditioner: str | None = None,
+  preconditioner_exponent: jax.typing.ArrayLike = 0.75,
+  preconditioner_decay: jax.typing.ArrayLike = 0.95,
+  cg_backtracking: bool = False,
+  progress_tol: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Turns gradients into damped, truncated Newton directions by conjugate gradients.
 
@@ -382,6 +102,17 @@ def scale_by_newton_cg(
     damping_adjustment: factor :math:`\omega > 1` of the LM rule.
     descent_check: replace a non-descent direction by :math:`-g`.
     axis_name: ``pmap`` axis to average gradients, losses, products and inner products over.
+    preconditioner: CG preconditioner :math:`M = (D + \lambda I)^\xi` (Martens 2010):
+      ``None``; ``"ema"``, :math:`D` an EMA of squared gradients (no extra argument); or
+      ``"fisher"``, :math:`D` passed every update as ``fisher_diagonal`` (mean of squared
+      per-example gradients, :func:`sops.fisher_diagonal`).
+    preconditioner_exponent: :math:`\xi \ge 0` (Martens: 0.75).
+    preconditioner_decay: decay of the ``"ema"`` diagonal, in ``[0, 1)``.
+    cg_backtracking: keep the CG iterates at iterations ``ceil(1.3^j)`` and take the one with
+      the lowest loss on the batch, walking back from the last (Martens 2010); costs a forward
+      pass per iterate tried and needs an integer ``maxiter``.
+    progress_tol: Martens' relative-progress CG stop (``5e-4`` in the paper; ``None``: off);
+      see :func:`sops.linalg.conjugate_gradient`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
@@ -412,7 +143,7 @@ def scale_by_newton_cg(
 
     Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 6(1), 1994.
   """
-  init_fn, core = _make(
+  init_fn, core = newton_cg_step.make(
     damping=damping,
     maxiter=maxiter,
     tol=tol,
@@ -425,6 +156,11 @@ def scale_by_newton_cg(
     damping_adjustment=damping_adjustment,
     descent_check=descent_check,
     axis_name=axis_name,
+    preconditioner=preconditioner,
+    preconditioner_exponent=preconditioner_exponent,
+    preconditioner_decay=preconditioner_decay,
+    cg_backtracking=cg_backtracking,
+    progress_tol=progress_tol,
   )
 
   def update_fn(
@@ -435,10 +171,22 @@ def scale_by_newton_cg(
     value_fn: Callable[[Any], jax.Array] | None = None,
     predict_fn: Callable[[Any], Any] | None = None,
     output_loss_fn: Callable[[Any], jax.Array] | None = None,
+    curvature_value_fn: Callable[[Any], jax.Array] | None = None,
+    curvature_predict_fn: Callable[[Any], Any] | None = None,
+    curvature_output_loss_fn: Callable[[Any], jax.Array] | None = None,
+    fisher_diagonal: Any = None,
     **extra: Any,
   ) -> tuple[optax.Updates, ScaleByNewtonCGState]:
     del extra
-    updates, state, *_ = core(grads, state, params, value_fn, predict_fn, output_loss_fn)
+    fns = newton_cg_step.Fns(
+      value_fn,
+      predict_fn,
+      output_loss_fn,
+      curvature_value_fn,
+      curvature_predict_fn,
+      curvature_output_loss_fn,
+    )
+    updates, state, *_ = core(grads, state, params, fns, fisher_diagonal)
     return utils.restore_leaves(updates, grads), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -460,6 +208,11 @@ def newton_cg(
   damping_adjustment: jax.typing.ArrayLike = 1.5,
   descent_check: bool = True,
   axis_name: str | None = None,
+  preconditioner: str | None = None,
+  preconditioner_exponent: jax.typing.ArrayLike = 0.75,
+  preconditioner_decay: jax.typing.ArrayLike = 0.95,
+  cg_backtracking: bool = False,
+  progress_tol: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Hessian-free Newton-CG: :func:`scale_by_newton_cg`, a learning rate, an optional line search.
 
@@ -491,6 +244,11 @@ def newton_cg(
     damping_adjustment: see :func:`scale_by_newton_cg`.
     descent_check: see :func:`scale_by_newton_cg`.
     axis_name: see :func:`scale_by_newton_cg`.
+    preconditioner: see :func:`scale_by_newton_cg`.
+    preconditioner_exponent: see :func:`scale_by_newton_cg`.
+    preconditioner_decay: see :func:`scale_by_newton_cg`.
+    cg_backtracking: see :func:`scale_by_newton_cg`.
+    progress_tol: see :func:`scale_by_newton_cg`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` takes ``value_fn`` (and
@@ -524,7 +282,7 @@ def newton_cg(
       "linesearch must be an optax line search such as "
       f"optax.scale_by_backtracking_linesearch(max_backtracking_steps=15), got {linesearch!r}."
     )
-  init_ncg, core = _make(
+  init_ncg, core = newton_cg_step.make(
     damping=damping,
     maxiter=maxiter,
     tol=tol,
@@ -537,6 +295,11 @@ def newton_cg(
     damping_adjustment=damping_adjustment,
     descent_check=descent_check,
     axis_name=axis_name,
+    preconditioner=preconditioner,
+    preconditioner_exponent=preconditioner_exponent,
+    preconditioner_decay=preconditioner_decay,
+    cg_backtracking=cg_backtracking,
+    progress_tol=progress_tol,
   )
   lr_tx = optax.scale_by_learning_rate(learning_rate, flip_sign=False)
   ls_tx = None if linesearch is None else optax.with_extra_args_support(linesearch)
@@ -556,20 +319,29 @@ def newton_cg(
     value_fn: Callable[[Any], jax.Array] | None = None,
     predict_fn: Callable[[Any], Any] | None = None,
     output_loss_fn: Callable[[Any], jax.Array] | None = None,
+    curvature_value_fn: Callable[[Any], jax.Array] | None = None,
+    curvature_predict_fn: Callable[[Any], Any] | None = None,
+    curvature_output_loss_fn: Callable[[Any], jax.Array] | None = None,
+    fisher_diagonal: Any = None,
     **extra: Any,
   ) -> tuple[optax.Updates, tuple[Any, ...]]:
     del extra  # value/grad are recomputed by the Newton step; others are not ours.
     ncg_state, lr_state, ls_state = state
+    fns = newton_cg_step.Fns(
+      value_fn,
+      predict_fn,
+      output_loss_fn,
+      curvature_value_fn,
+      curvature_predict_fn,
+      curvature_output_loss_fn,
+    )
     updates, ncg_state, value, g, loss_fn, floats = core(
-      grads, ncg_state, params, value_fn, predict_fn, output_loss_fn
+      grads, ncg_state, params, fns, fisher_diagonal
     )
     updates, lr_state = lr_tx.update(updates, lr_state, floats)
     if ls_tx is not None:
-      ls_value_fn = loss_fn
-      if axis_name is not None:
-        ls_value_fn = lambda p: lax.pmean(loss_fn(p), axis_name)  # noqa: E731
       updates, ls_state = ls_tx.update(
-        updates, ls_state, floats, value=value, grad=g, value_fn=ls_value_fn
+        updates, ls_state, floats, value=value, grad=g, value_fn=loss_fn
       )
     state = utils.strong_types((ncg_state, lr_state, ls_state))
     return utils.restore_leaves(updates, grads), state

@@ -150,6 +150,7 @@ def train(
   eval_every: int,
   eval_fn: Callable[[Any], float | dict[str, float]],
   progress: Callable[[int], None] | None = None,
+  step: Callable | None = None,
 ) -> TrainResult:
   """Trains ``steps`` steps with ``tx``, evaluating every ``eval_every`` steps.
 
@@ -164,13 +165,15 @@ def train(
     eval_fn: ``eval_fn(params)``, called at step 0 and after every chunk (not timed): a float, or a
       dict of floats whose ``"loss"`` entry is the loss (the others are kept in ``metrics``).
     progress: optional callback, called with the number of chunks done.
+    step: optional ``(params, opt_state, batch) -> (params, opt_state)`` replacing
+      :func:`make_step` (for optimizers that need more than the gradient, such as Newton-CG).
 
   Returns:
     A :class:`TrainResult`.
   """
   if steps % eval_every:
     raise ValueError(f"steps ({steps}) must be a multiple of eval_every ({eval_every})")
-  step = make_step(loss_fn, tx)
+  step = step or make_step(loss_fn, tx)
 
   @jax.jit
   def chunk(params, opt_state, batches):

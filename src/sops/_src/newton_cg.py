@@ -119,7 +119,10 @@ def scale_by_newton_cg(
     value_fn, predict_fn=None, output_loss_fn=None, **extra)`` takes the loss
     ``value_fn: params -> scalar`` (``predict_fn: params -> outputs`` and
     ``output_loss_fn: outputs -> scalar`` for ``"gauss_newton"``, where ``value_fn`` is optional);
-    other extra arguments are ignored.
+    ``curvature_value_fn`` (or ``curvature_predict_fn`` and ``curvature_output_loss_fn``), the
+    same on a curvature mini-batch, build the curvature products there while the gradient and
+    the loss stay on the full batch (Martens 2010); ``fisher_diagonal`` feeds
+    ``preconditioner="fisher"``. Other extra arguments are ignored.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, sops

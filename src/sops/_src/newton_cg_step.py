@@ -218,6 +218,36 @@ def _preconditioner(kind, state, g32, fisher, lam, exponent, decay, axis_name):
   return hf.diagonal_preconditioner(fisher, lam, exponent), state.preconditioner_diagonal
 
 
+def _descent_check(p, g32, enabled, axis_name):
+  """``p``, or ``-g`` where ``g . p >= 0`` (when ``enabled``), with the scaled quantities the
+  damping rule needs: ``(p, (sg, sp, p / sp, g.p / (sg sp)), fallback)``.
+
+  Inner products of g and p are taken on copies scaled to max|x| = 1: with a loss times 1e20 (or
+  gradients times 1e30) g.g and g.p overflow float32 although every input is finite.
+  """
+  sg, gh = damping_lib.unit_scaled(g32, axis_name)
+  sp, ph = damping_lib.unit_scaled(p, axis_name)
+  gph = _vdot(gh, ph, axis_name)  # g.p / (sg sp)
+  if not enabled:
+    return p, (sg, sp, ph, gph), jnp.asarray(False)
+  fallback = (gph >= 0) & (sg > 0)
+  p = _select(fallback, jax.tree.map(jnp.negative, g32), p)
+  sp, ph = _select(fallback, (sg, jax.tree.map(jnp.negative, gh)), (sp, ph))
+  gph = jnp.where(fallback, -_vdot(gh, gh, axis_name), gph)
+  return p, (sg, sp, ph, gph), fallback
+
+
+def _trial_loss(loss_fn, params, p_out, known):
+  """``loss_fn(params + p_out)`` in float32, or ``known`` (backtracking's value) unless NaN."""
+
+  def evaluate():
+    return loss_fn(optax.tree.add(params, p_out)).astype(_F32)
+
+  if known is None:
+    return evaluate()
+  return lax.cond(jnp.isnan(known), evaluate, lambda: known)
+
+
 def make(
   *,
   damping,
@@ -340,22 +370,9 @@ def make(
     matvec = lambda v: _up(bvp(optax.tree.cast_like(v, params)))  # noqa: E731
     g32 = _up(g)
     p, cg, value_at_p, diag = solve(matvec, g32, state, lam, fisher, params, loss_fn)
-    b = jax.tree.map(jnp.negative, g32)
-
-    # Inner products of g and p are taken on copies scaled to max|x| = 1: with a loss times 1e20
-    # (or gradients times 1e30) g.g and g.p overflow float32 although every input is finite.
-    sg, gh = damping_lib.unit_scaled(g32, axis_name)
-    sp, ph = damping_lib.unit_scaled(p, axis_name)
-    gph = _vdot(gh, ph, axis_name)  # g.p / (sg sp)
-    if descent_check:
-      fallback = (gph >= 0) & (sg > 0)
-      p = _select(fallback, b, p)
-      sp, ph = _select(fallback, (sg, jax.tree.map(jnp.negative, gh)), (sp, ph))
-      gph = jnp.where(fallback, -_vdot(gh, gh, axis_name), gph)
-      if value_at_p is not None:
-        value_at_p = jnp.where(fallback, jnp.nan, value_at_p)  # recomputed below if needed
-    else:
-      fallback = jnp.asarray(False)
+    p, (sg, sp, ph, gph), fallback = _descent_check(p, g32, descent_check, axis_name)
+    if value_at_p is not None:
+      value_at_p = jnp.where(fallback, jnp.nan, value_at_p)  # p changed: recomputed if needed
     p_out = optax.tree.cast_like(p, params)
 
     value32 = value.astype(_F32)
@@ -375,14 +392,7 @@ def make(
     new_lam, rho, rejected = jnp.asarray(lam, _F32), jnp.zeros((), _F32), jnp.asarray(False)
     if adaptive_damping:
       with jax.named_scope("newton_cg_damping"):
-        if value_at_p is None:
-          new_value = loss_fn(optax.tree.add(params, p_out)).astype(_F32)
-        else:  # backtracking evaluated it already (unless the descent check replaced p)
-          new_value = lax.cond(
-            jnp.isnan(value_at_p),
-            lambda: loss_fn(optax.tree.add(params, p_out)).astype(_F32),
-            lambda: value_at_p,
-          )
+        new_value = _trial_loss(loss_fn, params, p_out, value_at_p)
         new_lam, rho, rejected, stalled, finite = damping_lib.levenberg_marquardt(
           gph=gph,
           curvature_term=(sp / sg) * _vdot(ph, matvec(ph), axis_name),

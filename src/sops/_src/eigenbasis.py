@@ -71,11 +71,16 @@ def eigh(a: jax.Array, sequential: bool = False) -> tuple[jax.Array, jax.Array]:
   other CPU devices (and two at once can deadlock a small pool); one block at a time runs on the
   calling thread only.
   """
-  if not sequential or a.ndim == 2:
-    return jnp.linalg.eigh(a)
-  flat = a.reshape((-1, *a.shape[-2:]))
-  w, v = lax.map(jnp.linalg.eigh, flat)
-  return w.reshape(a.shape[:-1]), v.reshape(a.shape)
+  return _one_block_at_a_time(jnp.linalg.eigh, a) if sequential else jnp.linalg.eigh(a)
+
+
+def _one_block_at_a_time(fn, x: jax.Array) -> tuple[jax.Array, ...]:
+  """``fn`` (a LAPACK decomposition returning a tuple) of each ``(m, n)`` block of the stack ``x``
+  in turn (``lax.map``), each output reshaped back to the stack's leading dimensions."""
+  if x.ndim == 2:
+    return fn(x)
+  outs = lax.map(fn, x.reshape(-1, *x.shape[-2:]))
+  return tuple(o.reshape(x.shape[:-2] + o.shape[1:]) for o in outs)
 
 
 def batched_lapack_may_deadlock(platform: str | None = None) -> bool:
@@ -91,11 +96,7 @@ def batched_lapack_may_deadlock(platform: str | None = None) -> bool:
 
 def qr(x: jax.Array, sequential: bool = False) -> tuple[jax.Array, jax.Array]:
   """``jnp.linalg.qr`` of a stack; ``sequential`` runs it one block at a time (see :func:`eigh`)."""
-  if not sequential:
-    return jnp.linalg.qr(x)
-  flat = x.reshape(-1, *x.shape[-2:])
-  q, r = lax.map(jnp.linalg.qr, flat)
-  return q.reshape(x.shape[:-1] + q.shape[-1:]), r.reshape(x.shape[:-2] + r.shape[-2:])
+  return _one_block_at_a_time(jnp.linalg.qr, x) if sequential else jnp.linalg.qr(x)
 
 
 def cold_eigenbasis(a: jax.Array, sequential: bool = False) -> Eigenbasis:

@@ -2,9 +2,10 @@
 """Martens' Hessian-free ingredients of Newton-CG: curvature mini-batches, a diagonal CG
 preconditioner and CG iterate backtracking.
 
-Each is a small function used by :mod:`sops._src.newton_cg`: :func:`curvature_operator` picks the
-batch the curvature products are built on, :func:`diagonal_preconditioner` builds Martens'
-``(diag + lambda)^-xi`` scaling, and :func:`backtrack` picks the CG iterate with the lowest loss.
+Each is a small function used by :mod:`sops._src.newton_cg_step`: :func:`curvature_operator`
+picks the batch the curvature products are built on, :func:`diagonal_preconditioner` builds
+Martens' ``(diag + lambda)^-xi`` scaling, and :func:`backtrack` picks the CG iterate with the
+lowest loss.
 
 References:
   Martens, "Deep learning via Hessian-free optimization", ICML 2010, Sections 4.3-4.7.

@@ -165,9 +165,9 @@ def main() -> None:
   ]
   root_rows, root_acc = {}, {}
   for name, cfg in [
-    ("coupled_newton", roots.RootConfig("coupled_newton")),
-    ("eigh", roots.RootConfig("eigh")),
-    ("eigh, warm-started", roots.RootConfig("eigh", warm_start=True)),
+    ("coupled_newton", roots.as_root_config("coupled_newton")),
+    ("eigh", roots.as_root_config("eigh")),
+    ("eigh, warm-started", roots.as_root_config(roots.RootConfig("eigh", warm_start=True))),
   ]:
 
     def refresh(stats, bases, cfg=cfg):

@@ -108,6 +108,11 @@ def test_async_pipeline_equals_delayed_roots_bit_for_bit(devices, staleness, inv
   i0, i1 = s0[0].info, s1[0].info
   assert int(i0.root_computations) == int(i1.root_computations) > 0
   assert float(i0.max_root_error) == float(i1.max_root_error)
+  # Host timings: one per finished computation (the last may still be in flight), waits >= 0.
+  roots.wait()
+  snapshots = len(range(START, 30 + 1, EVERY))
+  assert len(roots.compute_seconds) == snapshots
+  assert all(t > 0 for t in roots.compute_seconds) and roots.wait_seconds >= 0
   # The pipeline installs between steps: one more step has run on the new roots.
   assert int(i1.steps_since_root) == int(i0.steps_since_root) + 1
 

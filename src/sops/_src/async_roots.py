@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import time
 from typing import Any
 
 import jax
@@ -121,6 +122,11 @@ class AsyncRoots:
     start: first snapshot step (``start_preconditioning_step``).
     device: the device computing the roots.
     step: calls so far (optimizer steps seen).
+    compute_seconds: wall-clock seconds of each finished root computation on ``device`` (host
+      timings, for tuning ``root_staleness``: the pipeline keeps up when a computation takes
+      less than ``root_staleness`` training steps).
+    wait_seconds: total seconds the calls spent waiting for roots not done by their install
+      step (0 when the root device keeps up).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, sops
@@ -148,6 +154,8 @@ class AsyncRoots:
     self._root_kwargs = root_kwargs
     self.staleness, self.every, self.start, self.device = staleness, every, start, device
     self.step = 0
+    self.compute_seconds: list[float] = []
+    self.wait_seconds = 0.0
     self._fn = None  # built at the first root step, from the parameter shapes
     self._install = jax.jit(_install)
     # One worker thread runs the computations in order (JAX releases the GIL while they run);
@@ -162,7 +170,10 @@ class AsyncRoots:
 
     def run():
       inputs = bases.result()[1].bases if isinstance(bases, concurrent.futures.Future) else bases
-      return inputs, jax.block_until_ready(self._fn(stats, inputs))
+      t0 = time.perf_counter()
+      result = jax.block_until_ready(self._fn(stats, inputs))
+      self.compute_seconds.append(time.perf_counter() - t0)
+      return inputs, result
 
     return self._worker.submit(run)
 
@@ -189,7 +200,9 @@ class AsyncRoots:
       self._pending.append([self.step + self.staleness, stats, self._submit(stats, bases)])
     if not self._pending or self._pending[0][0] != self.step + 1:
       return opt_state
+    t0 = time.perf_counter()
     result = self._pending.pop(0)[2].result()[1]  # waits only if not done yet
+    self.wait_seconds += time.perf_counter() - t0
     like = _roots.RootResult(
       roots=tuple(jax.tree.leaves(x)[0].sharding for x in node.preconditioners),
       bases=tuple(x.sharding for x in node.eigenbases) if result.bases else (),

@@ -9,9 +9,10 @@ Hinton-Salakhutdinov / Martens optimisation benchmark).
   ``benchmarks/_common.py``, batch 256, ``--adam-steps`` steps, lr grid ``--lrs-adam``; target =
   its best final full-data loss.
 * **Newton-CG** rows (``--variant NAME:key=value,...``, defaults in ``RECIPE``): ``sops.newton_cg``
-  with a constant learning rate (``lr``), mini-batches of ``batch`` rows, curvature products on
-  the first ``curvature_batch`` rows of each batch (``curvature_predict_fn`` /
-  ``curvature_output_loss_fn``; ``0``: the whole batch), for ``steps`` steps; every other key is
+  with a constant learning rate ``lr`` (``schedule=cosine``: cosine decay to 0), mini-batches of
+  ``batch`` rows, curvature products on the first ``curvature_batch`` rows of each batch
+  (``curvature_predict_fn`` / ``curvature_output_loss_fn``; ``0``: the whole batch), for
+  ``steps`` steps; every other key is
   passed to ``sops.newton_cg`` (``maxiter``, ``damping``, ``curvature``, ``preconditioner``,
   ``cg_backtracking``, ``progress_tol``, ...). ``preconditioner="fisher"`` gets
   ``sops.fisher_diagonal`` of the curvature batch every step.
@@ -58,7 +59,7 @@ RECIPE = dict(
 )
 # Newton-CG as a new user first tries it: the documented defaults at batch 1024.
 DEFAULTS = dict(lr=1.0, batch=1024, curvature_batch=0, steps=100)
-ROW_KEYS = ("lr", "batch", "curvature_batch", "steps")
+ROW_KEYS = ("lr", "schedule", "batch", "curvature_batch", "steps")
 COLUMNS = (
   ("optimizer", "optimizer", ""),
   ("lr", "lr", ".0e"),
@@ -72,42 +73,45 @@ COLUMNS = (
 )
 
 
-def newton_step(data, cfg):
-  """``(params, state, idx) -> (params, state)``: one Newton-CG step on the batch ``data[idx]``."""
+def newton_step(predict, output_loss, data, cfg):
+  """``(tx, step)``: ``step(params, state, idx) -> (params, state)`` is one Newton-CG step on the
+  rows ``idx`` of ``data`` (a pytree of arrays) with the loss ``output_loss(predict(params, batch),
+  batch)``, a mean over the rows; curvature on the first ``cfg["curvature_batch"]`` rows."""
   kw = {k: v for k, v in cfg.items() if k not in ROW_KEYS}
-  tx = sops.newton_cg(cfg["lr"], **kw)
+  lr = cfg["lr"]
+  if cfg.get("schedule", "constant") == "cosine":
+    lr = optax.cosine_decay_schedule(lr, cfg["steps"])
+  tx = sops.newton_cg(lr, **kw)
   cb = cfg["curvature_batch"]
 
-  def example_loss(p, x):
-    return 0.5 * jnp.sum((ae.forward(p, x[None])[0] - x) ** 2)
+  def fns(batch, prefix=""):
+    return {
+      f"{prefix}value_fn": lambda p: output_loss(predict(p, batch), batch),
+      f"{prefix}predict_fn": lambda p: predict(p, batch),
+      f"{prefix}output_loss_fn": lambda z: output_loss(z, batch),
+    }
+
+  def example_loss(p, row):  # one row, no batch axis (sops.fisher_diagonal vmaps it)
+    one = jax.tree.map(lambda a: a[None], row)
+    return output_loss(predict(p, one), one)
 
   def step(params, state, idx):
-    x = data[idx]
-    value_fn = lambda p: ae.loss_fn(p, x)  # noqa: E731
-    extra = dict(
-      predict_fn=lambda p: ae.forward(p, x),
-      output_loss_fn=lambda z: 0.5 * jnp.mean(jnp.sum((z - x) ** 2, axis=-1)),
-    )
-    if cb:
-      xc = x[:cb]
-      extra |= dict(
-        curvature_value_fn=lambda p: ae.loss_fn(p, xc),
-        curvature_predict_fn=lambda p: ae.forward(p, xc),
-        curvature_output_loss_fn=lambda z: 0.5 * jnp.mean(jnp.sum((z - xc) ** 2, axis=-1)),
-      )
+    batch = jax.tree.map(lambda a: a[idx], data)
+    sub = jax.tree.map(lambda a: a[:cb], batch) if cb else batch
+    extra = fns(batch) | (fns(sub, "curvature_") if cb else {})
     if kw.get("preconditioner") == "fisher":
-      extra["fisher_diagonal"] = sops.fisher_diagonal(example_loss, params, x[:cb] if cb else x)
-    grads = jax.grad(value_fn)(params)
-    updates, state = tx.update(grads, state, params, value_fn=value_fn, **extra)
+      extra["fisher_diagonal"] = sops.fisher_diagonal(example_loss, params, sub)
+    grads = jax.grad(extra["value_fn"])(params)
+    updates, state = tx.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state
 
   return tx, step
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--adam-steps", type=int, default=1500)
-  parser.add_argument("--lrs-adam", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+def add_args(parser: argparse.ArgumentParser, adam_steps: int, adam_lrs, out: str) -> None:
+  """The command-line options of the Newton-CG time-to-target benchmarks."""
+  parser.add_argument("--adam-steps", type=int, default=adam_steps)
+  parser.add_argument("--lrs-adam", type=float, nargs="+", default=adam_lrs)
   parser.add_argument("--eval-every", type=int, default=25, help="Adam steps between evals")
   parser.add_argument("--newton-eval-every", type=int, default=5)
   parser.add_argument(
@@ -120,62 +124,55 @@ def main() -> None:
   parser.add_argument("--no-recipe", action="store_true", help="skip the recipe and defaults rows")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quick", action="store_true", help="300 Adam steps, 20 Newton steps")
-  parser.add_argument(
-    "--out",
-    default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", "newton_cg_autoencoder.json"
-    ),
-  )
-  args = parser.parse_args()
-  if args.quick:
-    args.adam_steps, args.lrs_adam = 300, [1e-2]
+  here = os.path.dirname(os.path.abspath(__file__))
+  parser.add_argument("--out", default=os.path.join(here, "results", out))
 
-  data = jnp.asarray(load_digits().data.astype(np.float32) / 16.0)
-  params = ae.init_params(jax.random.key(args.seed))
-  full_loss = jax.jit(lambda p: ae.loss_fn(p, data))
+
+def compare(args, params, data, predict, output_loss, evaluate, adam_batch, meta, recipe=RECIPE):
+  """Adam over ``args.lrs_adam`` (batch ``adam_batch``), then the Newton-CG rows (defaults,
+  ``recipe``, ``args.variant``) on the rows of ``data``; ``evaluate(params)`` is the measure (a
+  float or a dict with ``"loss"``). Prints and writes the time-to-target table."""
+  n = jax.tree.leaves(data)[0].shape[0]
 
   def sampler(batch, every):
     def sample_chunk(c):
       rng = np.random.default_rng((args.seed, batch, c))
-      return rng.integers(0, data.shape[0], size=(every, batch))
+      return rng.integers(0, n, size=(every, batch))
 
     return sample_chunk
+
+  def loss(p, idx):
+    batch = jax.tree.map(lambda a: a[idx], data)
+    return output_loss(predict(p, batch), batch)
 
   runs = []
   for lr in args.lrs_adam:
     tx = optax.adam(_common.lr_schedule(lr, args.adam_steps))
-    res = _common.train(
-      lambda p, idx: ae.loss_fn(p, data[idx]),
-      params,
-      tx,
-      sampler(ae.BATCH, args.eval_every),
-      args.adam_steps,
-      args.eval_every,
-      full_loss,
-    )
+    sample = sampler(adam_batch, args.eval_every)
+    res = _common.train(loss, params, tx, sample, args.adam_steps, args.eval_every, evaluate)
     runs.append(
       {"label": "adam", "lr": lr, "steps": res.steps, "losses": res.losses}
-      | {"mean_step_s": res.mean_step_s, "config": {"batch": ae.BATCH}}
+      | {"mean_step_s": res.mean_step_s, "metrics": res.metrics, "config": {"batch": adam_batch}}
     )
     print(f"adam lr {lr:.0e}: final loss {res.losses[-1]:.4f}, {1e3 * res.mean_step_s:.2f} ms/step")
 
-  rows = [] if args.no_recipe else [("newton_cg defaults", DEFAULTS), ("newton_cg recipe", RECIPE)]
+  rows = [] if args.no_recipe else [("newton_cg defaults", DEFAULTS), ("newton_cg recipe", recipe)]
   for spec in args.variant:
     name, kw = _common.parse_variant(spec)
-    base = DEFAULTS if kw.pop("defaults", False) else RECIPE
+    base = DEFAULTS if kw.pop("defaults", False) else recipe
     rows.append((name, {**base, **kw}))
   for name, cfg in rows:
     cfg = dict(cfg)
     if args.quick:
       cfg["steps"] = 20
     every = args.newton_eval_every
-    tx, step = newton_step(data, cfg)
+    tx, step = newton_step(predict, output_loss, data, cfg)
     res = _common.train(
-      None, params, tx, sampler(cfg["batch"], every), cfg["steps"], every, full_loss, step=step
+      None, params, tx, sampler(cfg["batch"], every), cfg["steps"], every, evaluate, step=step
     )
     runs.append(
       {"label": name, "lr": cfg["lr"], "steps": res.steps, "losses": res.losses}
-      | {"mean_step_s": res.mean_step_s, "config": cfg}
+      | {"mean_step_s": res.mean_step_s, "metrics": res.metrics, "config": cfg}
     )
     print(f"{name}: final loss {res.losses[-1]:.4f}, {1e3 * res.mean_step_s:.1f} ms/step ({cfg})")
 
@@ -184,22 +181,43 @@ def main() -> None:
     row["config"] = next(
       r["config"] for r in runs if r["label"] == row["optimizer"] and r["lr"] == row["lr"]
     )
-  print(f"\nTarget = Adam's best final full-data loss {summary[0]['target']:.4f}:\n")
+  print(f"\nTarget = Adam's best final loss {summary[0]['target']:.4f}:\n")
+  meta = meta | {"machine": _common.machine_info(), "args": vars(args)}
+  extra_cols = tuple((k, k.replace("_", " "), ".4f") for k in summary[0] if k.startswith("final_"))
+  _common.write_results(
+    meta["benchmark"],
+    summary,
+    meta,
+    os.path.dirname(args.out),
+    COLUMNS + tuple(c for c in extra_cols if c[0] != "final_loss"),
+    extra={"runs": runs},
+    out_path=args.out,
+  )
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_args(parser, 1500, [1e-3, 3e-3, 1e-2], "newton_cg_autoencoder.json")
+  args = parser.parse_args()
+  if args.quick:
+    args.adam_steps, args.lrs_adam = 300, [1e-2]
+
+  data = jnp.asarray(load_digits().data.astype(np.float32) / 16.0)
+  params = ae.init_params(jax.random.key(args.seed))
   meta = {
     "benchmark": "newton_cg_autoencoder",
     "model": {"sizes": ae.SIZES, "activation": "tanh"},
     "data": {"dataset": "sklearn digits", "n": int(data.shape[0])},
-    "machine": _common.machine_info(),
-    "args": vars(args),
   }
-  _common.write_results(
-    "newton_cg_autoencoder",
-    summary,
+  compare(
+    args,
+    params,
+    data,
+    ae.forward,
+    lambda z, x: 0.5 * jnp.mean(jnp.sum((z - x) ** 2, axis=-1)),  # == ae.loss_fn
+    jax.jit(lambda p: ae.loss_fn(p, data)),
+    ae.BATCH,
     meta,
-    os.path.dirname(args.out),
-    COLUMNS,
-    extra={"runs": runs},
-    out_path=args.out,
   )
 
 

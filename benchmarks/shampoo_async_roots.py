@@ -195,8 +195,19 @@ def main() -> None:
   for r in rows:
     r["per_step_ratio"] = r["mean_step_ms"] / base
 
+  meta = {
+    "benchmark": "shampoo_async_roots",
+    "machine": _common.machine_info(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "train_device": str(train_dev),
+    "root_device": str(root_dev),
+    "args": vars(args),
+    "data_sha256": sha,
+    "timing": rows,
+  }
   if args.timing_only:
-    print(_common.markdown_table(rows, TIMING_COLUMNS))
+    out_dir = os.path.dirname(args.out)  # the timing table, with timing-only settings
+    _common.write_results("async", rows, meta, out_dir, TIMING_COLUMNS, out_path=args.out)
     return
   # 2. Quality: AdamW's grid sets the target, Shampoo at each staleness (root_staleness=s).
   grid = [("adamw", lr_a, None) for lr_a in args.lrs_adamw]
@@ -247,16 +258,6 @@ def main() -> None:
     ("steps_ratio", "steps vs AdamW", ".2f"),
     ("steps_vs_sync", "steps vs sync Shampoo", ".2f"),
   )
-  meta = {
-    "benchmark": "shampoo_async_roots",
-    "machine": _common.machine_info(),
-    "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    "train_device": str(train_dev),
-    "root_device": str(root_dev),
-    "args": vars(args),
-    "data_sha256": sha,
-    "timing": rows,
-  }
   _common.write_results(
     "shampoo_async_roots",
     quality,

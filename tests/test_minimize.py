@@ -323,6 +323,20 @@ def test_pytree_structure_and_float32_dtypes_are_kept():
   assert info.converged.dtype == jnp.bool_ and bool(info.converged)
 
 
+def test_mixed_dtype_leaves_keep_their_dtypes_and_match_the_float64_solve():
+  # Leaves of different dtypes are solved leaf by leaf (one flat vector would promote them).
+  x, y = dataset("breast_cancer")
+  with jax.enable_x64(True):
+    p64 = {"w": jnp.zeros(30), "b": jnp.zeros(())}
+    ref, _ = sops.newton_cg_minimize(logistic, p64, x, y, LAM)
+    p0 = {"w": jnp.zeros(30), "b": jnp.zeros((), jnp.float32)}
+    params, info = sops.newton_cg_minimize(logistic, p0, x, y, LAM, gtol=1e-5)
+    assert params["w"].dtype == jnp.float64 and params["b"].dtype == jnp.float32
+    assert bool(info.converged)
+  np.testing.assert_allclose(params["w"], ref["w"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(params["b"], ref["b"], rtol=1e-4, atol=1e-5)
+
+
 def test_new_data_initial_point_and_tolerances_do_not_recompile():
   traces = []
 

@@ -60,6 +60,20 @@ def test_cg_solves_pytree_structured_systems(rng):
   assert bool(info.converged)
 
 
+def test_cg_keeps_the_dtype_of_each_leaf_of_a_mixed_precision_pytree(rng):
+  # A float64 and a float32 leaf: the scalars alpha, beta are float64, the iterates keep dtypes.
+  d64, d32 = rng.uniform(1.0, 10.0, 5), rng.uniform(1.0, 10.0, 3).astype(np.float32)
+  b64, b32 = rng.standard_normal(5), rng.standard_normal(3).astype(np.float32)
+  with jax.enable_x64(True):
+    b = {"a": jnp.asarray(b64), "c": jnp.asarray(b32)}
+    matvec = lambda v: {"a": d64 * v["a"], "c": d32 * v["c"]}  # noqa: E731
+    x, info = jax.jit(lambda b: conjugate_gradient(matvec, b, tol=1e-6, maxiter=20))(b)
+  assert x["a"].dtype == jnp.float64 and x["c"].dtype == jnp.float32
+  assert bool(info.converged)
+  np.testing.assert_allclose(x["a"], b64 / d64, rtol=1e-5)
+  np.testing.assert_allclose(x["c"], b32 / d32, rtol=1e-5)
+
+
 def test_cg_relative_stop_is_scale_invariant_and_honest():
   rng = np.random.default_rng(2)
   a, b = random_spd(rng, 40, 1e3), rng.standard_normal(40)

@@ -324,17 +324,18 @@ def test_pytree_structure_and_float32_dtypes_are_kept():
 
 
 def test_mixed_dtype_leaves_keep_their_dtypes_and_match_the_float64_solve():
-  # Leaves of different dtypes are solved leaf by leaf (one flat vector would promote them).
+  # Each leaf keeps its dtype through CG, line search and the returned solution.
   x, y = dataset("breast_cancer")
   with jax.enable_x64(True):
     p64 = {"w": jnp.zeros(30), "b": jnp.zeros(())}
     ref, _ = sops.newton_cg_minimize(logistic, p64, x, y, LAM)
     p0 = {"w": jnp.zeros(30), "b": jnp.zeros((), jnp.float32)}
-    params, info = sops.newton_cg_minimize(logistic, p0, x, y, LAM, gtol=1e-5)
+    params, info = sops.newton_cg_minimize(logistic, p0, x, y, LAM, gtol=1e-6)
     assert params["w"].dtype == jnp.float64 and params["b"].dtype == jnp.float32
     assert bool(info.converged)
-  np.testing.assert_allclose(params["w"], ref["w"], rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(params["b"], ref["b"], rtol=1e-4, atol=1e-5)
+  # |g| <= 1e-6 and Hessian eigenvalues >= LAM = 1e-2 put both within 1e-4 of the minimiser.
+  np.testing.assert_allclose(params["w"], ref["w"], atol=2e-4)
+  np.testing.assert_allclose(params["b"], ref["b"], atol=2e-4)
 
 
 def test_new_data_initial_point_and_tolerances_do_not_recompile():

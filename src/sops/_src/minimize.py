@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.flatten_util import ravel_pytree
 
 from sops._src import curvature, utils
 from sops._src.cg import conjugate_gradient
@@ -127,17 +126,6 @@ def _newton_step(fun, s: _State, grad: Any, hvp: Callable, hp: _Hyper) -> _State
 @functools.partial(jax.jit, static_argnums=0)
 def _minimize(fun, params, args, hp: _Hyper):
   f = utils.scalar_loss("fun", lambda p: fun(p, *args))
-  if len({jnp.result_type(x) for x in jax.tree.leaves(params)}) > 1:
-    return _solve(f, params, hp)  # mixed dtypes: ravel_pytree would promote them
-  # One flat vector: each CG iteration and line-search trial is then a few vector operations
-  # instead of one per leaf (about 20% of a small problem's solve time).
-  flat, unravel = ravel_pytree(params)
-  x, info = _solve(lambda v: f(unravel(v)), flat, hp)
-  return unravel(x), info
-
-
-def _solve(f, params, hp: _Hyper):
-  """The Newton loop of :func:`newton_cg_minimize` on ``f(params)``."""
 
   def cond_fn(s: _State) -> jax.Array:
     return ~s.done

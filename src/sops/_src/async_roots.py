@@ -122,11 +122,13 @@ class AsyncRoots:
     start: first snapshot step (``start_preconditioning_step``).
     device: the device computing the roots.
     step: calls so far (optimizer steps seen).
-    compute_seconds: wall-clock seconds of each finished root computation on ``device`` (host
-      timings, for tuning ``root_staleness``: the pipeline keeps up when a computation takes
-      less than ``root_staleness`` training steps).
-    wait_seconds: total seconds the calls spent waiting for roots not done by their install
-      step (0 when the root device keeps up).
+    compute_seconds: wall-clock seconds of each finished root computation on ``device``, from
+      its statistics snapshot being ready to its roots being ready (for tuning
+      ``root_staleness``: the pipeline keeps up when a computation takes less than
+      ``root_staleness`` training steps).
+    wait_seconds: total seconds the calls spent blocked on roots not done by their install
+      step (0 when the root device keeps up). With asynchronous dispatch the training device
+      may still run queued steps meanwhile, so this bounds the training time lost from above.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, sops
@@ -170,6 +172,7 @@ class AsyncRoots:
 
     def run():
       inputs = bases.result()[1].bases if isinstance(bases, concurrent.futures.Future) else bases
+      jax.block_until_ready((stats, inputs))  # the training steps before the snapshot are done
       t0 = time.perf_counter()
       result = jax.block_until_ready(self._fn(stats, inputs))
       self.compute_seconds.append(time.perf_counter() - t0)

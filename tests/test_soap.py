@@ -258,13 +258,15 @@ def test_soap_trains_faster_than_adam_on_an_ill_conditioned_problem(rng):
   grid = (1e-2, 3e-2, 1e-1)
   l_soap = min(train(sops.soap(lr)) for lr in grid)
   l_adam = min(train(optax.adam(lr)) for lr in grid)
-  assert l_soap < 0.2 * l_adam, (l_soap, l_adam)
+  # Ratio of the best rates over 15 seeds: median 0.03, worst 0.21 (seed 3340764161, which failed
+  # a 0.2 bound in CI); the same seed puts the lr-1e-1 QR paths at 0.10 and 0.21.
+  assert l_soap < 0.3 * l_adam, (l_soap, l_adam)
   # The accelerator's QR path (CholeskyQR3) trains as well as the Householder one: both beat
   # Adam by the same margin (their final losses, ~1e-2 of Adam's, differ by rounding-sensitive
   # factors of a few on this degenerate problem: blockwise and batched LAPACK calls differ).
   l_chol = train(sops.soap(1e-1, refresh="qr_cholesky"))
   l_hh = train(sops.soap(1e-1, refresh="qr_householder"))
-  assert max(l_chol, l_hh) < 0.2 * l_adam, (l_chol, l_hh, l_adam)
+  assert max(l_chol, l_hh) < 0.3 * l_adam, (l_chol, l_hh, l_adam)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, 1e30])

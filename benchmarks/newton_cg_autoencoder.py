@@ -183,13 +183,17 @@ def compare(args, params, data, predict, output_loss, evaluate, adam_batch, meta
     )
   print(f"\nTarget = Adam's best final loss {summary[0]['target']:.4f}:\n")
   meta = meta | {"machine": _common.machine_info(), "args": vars(args)}
-  extra_cols = tuple((k, k.replace("_", " "), ".4f") for k in summary[0] if k.startswith("final_"))
+  metric_cols = tuple(
+    (k, k.replace("_", " "), ".4f")
+    for k in summary[0]
+    if k.startswith("final_") and k != "final_loss"  # final_loss is in COLUMNS
+  )
   _common.write_results(
     meta["benchmark"],
     summary,
     meta,
     os.path.dirname(args.out),
-    COLUMNS + tuple(c for c in extra_cols if c[0] != "final_loss"),
+    COLUMNS + metric_cols,
     extra={"runs": runs},
     out_path=args.out,
   )

@@ -73,11 +73,6 @@ class CGIterates(NamedTuple):
   valid: jax.Array
 
 
-def _add_scale(x: Any, a: jax.Array, y: Any) -> Any:
-  """``x + a y`` leaf by leaf, in each leaf's own dtype (leaves of mixed precision stay so)."""
-  return jax.tree.map(lambda xi, yi: xi + jnp.asarray(a, xi.dtype) * yi, x, y)
-
-
 def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
@@ -315,12 +310,12 @@ def conjugate_gradient_iterates(
     dad = vdot(s.d, ad)
     dd = vdot(s.d, s.d)
     alpha = s.rz / dad
-    x = _add_scale(s.x, alpha, s.d)
-    r = _add_scale(s.r, -alpha, ad)
+    x = utils.tree_add_scale(s.x, alpha, s.d)
+    r = utils.tree_add_scale(s.r, -alpha, ad)
     z = precond(r)
     rr = vdot(r, r)
     rz = rr if preconditioner is None else vdot(r, z)
-    d = _add_scale(z, rz / s.rz, s.d)
+    d = utils.tree_add_scale(z, rz / s.rz, s.d)
     # d^T A d = 0 is non-positive curvature (alpha = rr / 0 is not a step), not a non-finite value.
     nonpositive = jnp.isfinite(dad) & (dad <= 0)
     finite = jnp.isfinite(dad) & jnp.isfinite(rr) & jnp.isfinite(alpha) & jnp.isfinite(rz)

@@ -67,11 +67,6 @@ class _State(NamedTuple):
   done: jax.Array  # shape=(), bool
 
 
-def _axpy(t: jax.Array, p: Any, x: Any) -> Any:
-  """``x + t p`` leaf by leaf, in each leaf's own dtype."""
-  return jax.tree.map(lambda xi, pi: xi + jnp.asarray(t, xi.dtype) * pi, x, p)
-
-
 def _backtracking(fun, x, value, slope, p, max_steps):
   """Armijo backtracking ``t = 1, 1/2, 1/4, ...``: ``(t, trials, ok)``; a NaN trial is rejected.
 
@@ -92,11 +87,11 @@ def _backtracking(fun, x, value, slope, p, max_steps):
 
   def body_fn(c):
     t, _, n = c
-    return t / 2, fun(_axpy(t / 2, p, x)).astype(dtype), n + 1
+    return t / 2, fun(utils.tree_add_scale(x, t / 2, p)).astype(dtype), n + 1
 
   one = jnp.ones((), dtype)
   with jax.named_scope("newton_cg_minimize_linesearch"):
-    init = (one, fun(_axpy(one, p, x)).astype(dtype), jnp.ones((), jnp.int32))
+    init = (one, fun(utils.tree_add_scale(x, one, p)).astype(dtype), jnp.ones((), jnp.int32))
     t, f_t, n = lax.while_loop(cond_fn, body_fn, init)
   return t, n, sufficient(t, f_t)
 
@@ -119,7 +114,7 @@ def _newton_step(fun, s: _State, grad: Any, hvp: Callable, hp: _Hyper) -> _State
     function_evaluations=s.info.function_evaluations + trials,
     linesearch_failed=~ok,
   )
-  params = optax.tree.where(ok, _axpy(t, p, s.params), s.params)
+  params = optax.tree.where(ok, utils.tree_add_scale(s.params, t, p), s.params)
   return _State(params=params, info=info, done=~ok)
 
 

@@ -37,6 +37,11 @@ def tree_all_finite(tree: Any) -> jax.Array:
   return jnp.stack(leaves).all()
 
 
+def tree_add_scale(x: Any, a: jax.typing.ArrayLike, y: Any) -> Any:
+  """``x + a y`` leaf by leaf, in each leaf's own dtype (a mixed-precision tree stays so)."""
+  return jax.tree.map(lambda xi, yi: xi + jnp.asarray(a, xi.dtype) * yi, x, y)
+
+
 def max_abs(tree: Any, axis_name: str | None = None) -> jax.Array:
   """The largest ``|x|`` over all leaves (0 for no elements), maxed over ``axis_name`` if set.
 

@@ -62,92 +62,104 @@ class _Hyper(NamedTuple):
 
 
 class _State(NamedTuple):
-  params: Any  # pytree like params
+  params: Any  # pytree like params: the accepted iterate x_k
+  grad: Any  # pytree like params: the gradient at x_k
+  direction: Any  # pytree like params: the Newton-CG direction p_k from x_k
+  slope: jax.Array  # shape=(), g_k^T p_k < 0
+  step: jax.Array  # shape=(), the trial step t of the line search (0 before the first evaluation)
+  trials: jax.Array  # shape=(), int32: trials of the current line search so far
   info: NewtonCGMinimizeInfo
   done: jax.Array  # shape=(), bool
 
 
-def _backtracking(fun, x, value, slope, p, max_steps):
-  """Armijo backtracking ``t = 1, 1/2, 1/4, ...``: ``(t, trials, ok)``; a NaN trial is rejected.
+def _armijo(value, trial_value, step, slope) -> jax.Array:
+  """Approximate Armijo test ``f(x + t p) <= f(x) + c1 t g^T p + 10 eps |f(x)|``; False for NaN.
 
-  The condition allows ``10 eps |f|`` of rounding error in ``f`` (Hager & Zhang's approximate
-  Armijo condition): near the minimiser the decrease of a full Newton step falls below the float
+  The ``10 eps |f|`` allowance for rounding in ``f`` is Hager & Zhang's approximate Armijo
+  condition: near the minimiser the decrease of a full Newton step falls below the float
   resolution of ``f`` long before the gradient reaches ``gtol``, and the exact test would then
   reject it on rounding noise, or accept a useless tiny ``t``.
   """
-  dtype = jnp.result_type(value)
-  rounding = 10 * jnp.finfo(dtype).eps * jnp.abs(value)
-
-  def sufficient(t, f_t):
-    return f_t <= value + _ARMIJO_C1 * t * slope + rounding  # False for NaN
-
-  def cond_fn(c):
-    t, f_t, n = c
-    return (n < max_steps) & ~sufficient(t, f_t)
-
-  def body_fn(c):
-    t, _, n = c
-    return t / 2, fun(utils.tree_add_scale(x, t / 2, p)).astype(dtype), n + 1
-
-  one = jnp.ones((), dtype)
-  with jax.named_scope("newton_cg_minimize_linesearch"):
-    init = (one, fun(utils.tree_add_scale(x, one, p)).astype(dtype), jnp.ones((), jnp.int32))
-    t, f_t, n = lax.while_loop(cond_fn, body_fn, init)
-  return t, n, sufficient(t, f_t)
+  rounding = 10 * jnp.finfo(value.dtype).eps * jnp.abs(value)
+  return trial_value <= value + _ARMIJO_C1 * step * slope + rounding
 
 
-def _newton_step(fun, s: _State, grad: Any, hvp: Callable, hp: _Hyper) -> _State:
-  """One inexact Newton step from ``s.params`` (Nocedal & Wright, Algorithm 7.1)."""
-  eta = jnp.minimum(0.5, jnp.sqrt(optax.tree.norm(grad)))  # forcing term, relative to ||g||_2
+def _direction(grad: Any, hvp: Callable, hp: _Hyper, solve: jax.Array):
+  """Inexact Newton direction ``(p, g^T p, cg_iterations)``; CG runs no iteration unless ``solve``.
+
+  CG on ``(H + damping I) p = -g`` to the forcing tolerance ``min(0.5, sqrt(||g||)) ||g||``
+  (Nocedal & Wright, Algorithm 7.1). CG returns ``-g`` on non-positive curvature at its first
+  iteration; a direction that is still not a descent direction (a non-finite curvature product) is
+  replaced by ``-g`` as well.
+  """
+  eta = jnp.minimum(0.5, jnp.sqrt(optax.tree.norm(grad)))
   matvec = curvature.add_damping(hvp, hp.damping)
-  p, cg = conjugate_gradient(matvec, optax.tree.scale(-1.0, grad), tol=eta, maxiter=hp.cg_maxiter)
+  maxiter = jnp.where(solve, hp.cg_maxiter, 0)
+  p, cg = conjugate_gradient(matvec, optax.tree.scale(-1.0, grad), tol=eta, maxiter=maxiter)
   slope = optax.tree.vdot(grad, p)
-  # CG returns -g on non-positive curvature at its first iteration; a direction that is still not
-  # a descent direction (a non-finite curvature product) is replaced by -g as well.
   descent = slope < 0
   p = optax.tree.where(descent, p, optax.tree.scale(-1.0, grad))
   slope = jnp.where(descent, slope, -optax.tree.vdot(grad, grad))
-  t, trials, ok = _backtracking(fun, s.params, s.info.value, slope, p, hp.max_linesearch_steps)
+  return p, slope, cg.iterations
+
+
+def _iteration(f, s: _State, hp: _Hyper) -> _State:
+  """Evaluates one trial point ``x_k + t p_k``; on acceptance takes the next Newton direction.
+
+  One loop iteration is one line-search trial, and the trial is evaluated with the linearization
+  the next CG solve needs (value, gradient and Hessian-vector product in one ``jax.linearize``):
+  the usual accepted unit step costs one forward and backward pass, not an extra evaluation of
+  ``f``. A rejected trial halves ``t``; CG runs only after an accepted trial.
+  """
+  trial = utils.tree_add_scale(s.params, s.step, s.direction)
+  with jax.named_scope("newton_cg_minimize_linearize"):
+    value, grad, hvp = curvature.linearize_hessian(f, trial)
+  value = jnp.asarray(value, s.info.value.dtype)
+  first = s.info.function_evaluations == 0  # the initial point is accepted as it is
+  accept = first | _armijo(s.info.value, value, s.step, s.slope)
+  trials = jnp.where(accept, 0, s.trials + 1)
+  failed = ~accept & (trials >= hp.max_linesearch_steps)
+  grad = optax.tree.where(accept, grad, s.grad)
+  grad_norm = optax.tree.norm(grad, ord="inf").astype(s.info.grad_norm.dtype)
+  grad_norm = jnp.where(accept, grad_norm, s.info.grad_norm)
+  value = jnp.where(accept, value, s.info.value)
+  finite = jnp.isfinite(value) & utils.tree_all_finite(grad)
+  iterations = s.info.iterations + (accept & ~first).astype(jnp.int32)
+  converged = grad_norm <= hp.gtol
+  done = failed | (accept & (~finite | converged | (iterations >= hp.maxiter)))
+  p, slope, cg_iterations = _direction(grad, hvp, hp, solve=accept & ~done)
   info = s.info._replace(
-    iterations=s.info.iterations + ok.astype(jnp.int32),
-    cg_iterations=s.info.cg_iterations + cg.iterations,
-    function_evaluations=s.info.function_evaluations + trials,
-    linesearch_failed=~ok,
+    value=value,
+    grad_norm=grad_norm,
+    iterations=iterations,
+    cg_iterations=s.info.cg_iterations + cg_iterations,
+    function_evaluations=s.info.function_evaluations + 1,
+    converged=converged,
+    nonfinite=~finite,
+    linesearch_failed=failed,
   )
-  params = optax.tree.where(ok, utils.tree_add_scale(s.params, t, p), s.params)
-  return _State(params=params, info=info, done=~ok)
+  return _State(
+    params=optax.tree.where(accept, trial, s.params),
+    grad=grad,
+    direction=optax.tree.where(accept, p, s.direction),
+    slope=jnp.where(accept, slope, s.slope),
+    step=jnp.where(accept, 1, s.step / 2).astype(s.step.dtype),
+    trials=trials,
+    info=info,
+    done=done,
+  )
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _minimize(fun, params, args, hp: _Hyper):
   f = utils.scalar_loss("fun", lambda p: fun(p, *args))
-
-  def cond_fn(s: _State) -> jax.Array:
-    return ~s.done
-
-  def body_fn(s: _State) -> _State:
-    with jax.named_scope("newton_cg_minimize_linearize"):
-      value, grad, hvp = curvature.linearize_hessian(f, s.params)
-    value = jnp.asarray(value, s.info.value.dtype)
-    grad_norm = optax.tree.norm(grad, ord="inf").astype(s.info.grad_norm.dtype)
-    finite = jnp.isfinite(value) & utils.tree_all_finite(grad)
-    converged = grad_norm <= hp.gtol
-    info = s.info._replace(
-      value=value,
-      grad_norm=grad_norm,
-      function_evaluations=s.info.function_evaluations + 1,
-      converged=converged,
-      nonfinite=~finite,
-    )
-    s = s._replace(info=info, done=~finite | converged | (info.iterations >= hp.maxiter))
-    return lax.cond(s.done, lambda: s, lambda: _newton_step(f, s, grad, hvp, hp))
-
   out = jax.eval_shape(f, params)
   zero = jnp.zeros((), jnp.int32)
   false = jnp.asarray(False)
+  dtype = jnp.result_type(*jax.tree.leaves(params))
   info = NewtonCGMinimizeInfo(
     value=jnp.full((), jnp.nan, out.dtype),
-    grad_norm=jnp.full((), jnp.inf, jnp.result_type(*jax.tree.leaves(params))),
+    grad_norm=jnp.full((), jnp.inf, dtype),
     iterations=zero,
     cg_iterations=zero,
     function_evaluations=zero,
@@ -155,7 +167,9 @@ def _minimize(fun, params, args, hp: _Hyper):
     nonfinite=false,
     linesearch_failed=false,
   )
-  s = lax.while_loop(cond_fn, body_fn, _State(params, info, false))
+  zeros = optax.tree.zeros_like(params)
+  init = _State(params, zeros, zeros, jnp.zeros((), dtype), jnp.zeros((), dtype), zero, info, false)
+  s = lax.while_loop(lambda s: ~s.done, lambda s: _iteration(f, s, hp), init)
   return s.params, s.info
 
 

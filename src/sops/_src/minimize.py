@@ -9,6 +9,7 @@ Newton step, CG solve and line search on device, with no host round trip between
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -33,8 +34,9 @@ class NewtonCGMinimizeInfo(NamedTuple):
     grad_norm: the infinity norm (largest absolute entry) of the gradient there.
     iterations: Newton steps taken (steps accepted by the line search).
     cg_iterations: CG iterations (Hessian-vector products) summed over all Newton steps.
-    function_evaluations: evaluations of ``fun``: one value-and-gradient per Newton iteration
-      (and one at the returned parameters) plus every line-search trial.
+    function_evaluations: evaluations of ``fun`` (each a value, gradient and linearization for
+      Hessian-vector products): one at the initial parameters plus one per line-search trial, so
+      ``iterations + 1`` when every unit step is accepted.
     converged: whether ``grad_norm <= gtol``.
     nonfinite: whether the solve stopped because the value or the gradient at the returned
       parameters was not finite (the parameters themselves are finite, see
@@ -120,10 +122,9 @@ def _iteration(f, s: _State, hp: _Hyper) -> _State:
   trials = jnp.where(accept, 0, s.trials + 1)
   failed = ~accept & (trials >= hp.max_linesearch_steps)
   grad = optax.tree.where(accept, grad, s.grad)
-  grad_norm = optax.tree.norm(grad, ord="inf").astype(s.info.grad_norm.dtype)
-  grad_norm = jnp.where(accept, grad_norm, s.info.grad_norm)
+  grad_norm = optax.tree.norm(grad, ord="inf").astype(s.info.grad_norm.dtype)  # NaN if one is
   value = jnp.where(accept, value, s.info.value)
-  finite = jnp.isfinite(value) & utils.tree_all_finite(grad)
+  finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
   iterations = s.info.iterations + (accept & ~first).astype(jnp.int32)
   converged = grad_norm <= hp.gtol
   done = failed | (accept & (~finite | converged | (iterations >= hp.maxiter)))
@@ -265,7 +266,7 @@ def newton_cg_minimize(
   if not leaves or not all(jnp.issubdtype(d, jnp.floating) for d in dtypes):
     raise ValueError(f"params must be a non-empty pytree of float arrays, got dtypes {dtypes}.")
   if cg_maxiter is None:
-    cg_maxiter = 20 * sum(int(np.prod(jnp.shape(x))) for x in leaves)
+    cg_maxiter = 20 * sum(math.prod(np.shape(x)) for x in leaves)
   utils.check_scalar("gtol", gtol, low=0.0)
   utils.check_scalar("maxiter", maxiter, low=0, integer=True)
   utils.check_scalar("cg_maxiter", cg_maxiter, low=1, integer=True)

@@ -426,12 +426,9 @@ def scale_by_shampoo(
     nu_leaves, nu_def = jax.tree.flatten(state.graft_nu)
     graft_dir, nu_leaves = grafting.graft_direction(graft, g, nu_leaves, count, b2, eps)
     blocks = kronecker.to_block_list(leaves, part, sdt)
-    # A huge but finite gradient can overflow G G^T or g^2: such a step is skipped like a
-    # non-finite one (utils.guarded_update), so the state stays usable.
-    stats, finite = kronecker.scheduled_statistics(
+    stats = kronecker.scheduled_statistics(
       state.statistics, blocks, part, b2, count, statistics_every
     )
-    finite = finite & utils.tree_all_finite(nu_leaves)
     pending = state.pending_statistics
     if external_roots:
       roots, bases, root_steps = state.preconditioners, state.eigenbases, state.root_steps
@@ -459,7 +456,7 @@ def scale_by_shampoo(
       info=info,
     )
     new_state = _storage.encode_state(new_state, stored, ("statistics", "pending_statistics"))
-    return [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)], new_state, finite
+    return [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)], new_state
 
   def update_fn(updates, state, params=None):
     del params
@@ -467,7 +464,7 @@ def scale_by_shampoo(
     def run(leaves):
       return step(leaves, state, plan(leaves))
 
-    return utils.guarded_update(updates, state, state.shampoo_momentum, run, axis_name)
+    return utils.guarded_update(updates, state, state.shampoo_momentum, run, axis_name, sdt)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -302,14 +302,13 @@ def scale_by_soap(
     bc1, bc2 = 1.0 - b1_**count, 1.0 - b2_**count
     dirs = [(m / bc1) / (jnp.sqrt(v / bc2) + eps) for m, v in zip(mu_full, nu, strict=True)]
     out = rotate(dirs, bases, part, True)
-    stats, finite = kronecker.scheduled_statistics(
+    stats = kronecker.scheduled_statistics(
       state.soap_statistics, blocks, part, shampoo_beta2, count, statistics_every
     )
-    finite = finite & utils.tree_all_finite(nu)
     due = (count - 1) % jnp.asarray(precondition_every, jnp.int32) == 0
     if bases:
       bases, mu, nu, info = lax.cond(
-        due & finite,
+        due,
         lambda: refresh_bases(stats, bases, mu, nu, count, state.info, part),
         lambda: (bases, mu, nu, state.info),
       )
@@ -324,7 +323,7 @@ def scale_by_soap(
       info=info,
     )
     new_state = _storage.encode_state(new_state, stored, stacks)
-    return [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)], new_state, finite
+    return [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)], new_state
 
   def update_fn(updates, state, params=None):
     del params
@@ -332,7 +331,7 @@ def scale_by_soap(
     def run(leaves):
       return step(leaves, state, plan(leaves))
 
-    return utils.guarded_update(updates, state, state.soap_mu, run, axis_name)
+    return utils.guarded_update(updates, state, state.soap_mu, run, axis_name, sdt)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

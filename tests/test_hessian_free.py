@@ -98,8 +98,8 @@ def test_diagonal_preconditioner_is_martens_scaling_up_to_a_constant():
     out = hf.diagonal_preconditioner(diag, 0.1, 0.75)(v)
   ref = {k: (np.asarray(d) + 0.1) ** -0.75 for k, d in diag.items()}
   c = float(out["a"][0] / ref["a"][0])
-  for k in diag:
-    np.testing.assert_allclose(np.asarray(out[k]), c * ref[k], rtol=1e-10)
+  for k in diag:  # computed in float32 by design: within a few float32 ulps of the float64 ref
+    np.testing.assert_allclose(np.asarray(out[k]), c * ref[k], rtol=1e-6)
   assert 0 < c and float(max(jnp.max(out["a"]), jnp.max(out["b"]))) == pytest.approx(1.0)
 
 

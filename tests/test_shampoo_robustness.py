@@ -1,8 +1,9 @@
 # Copyright 2026 The sops Authors. Licensed under the Apache License, Version 2.0.
-"""Shampoo under hostile inputs: overflowing gradients, empty leaves (issue 16, items 1, 4)."""
+"""Shampoo and SOAP under hostile inputs: overflowing gradients, empty leaves, skipped steps."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -52,3 +53,54 @@ def test_zero_size_leaves_pass_through():
   assert updates["z"].shape == (0, 3) and updates["e"].shape == (5, 0, 2)
   assert bool(jnp.all(jnp.isfinite(updates["w"])))
   assert int(state[0].info.nonfinite_skips) == 0
+
+
+CONFIGS = {
+  "shampoo": lambda: sops.shampoo(1e-2, precondition_every=2, start_preconditioning_step=2),
+  "shampoo_staggered": lambda: sops.shampoo(
+    1e-2, precondition_every=2, start_preconditioning_step=2, stagger_roots=True
+  ),
+  "shampoo_delayed": lambda: sops.shampoo(
+    1e-2, precondition_every=2, start_preconditioning_step=2, root_staleness=1
+  ),
+  "shampoo_compact_stats2": lambda: sops.shampoo(
+    1e-2, precondition_every=2, start_preconditioning_step=2, storage="compact", statistics_every=2
+  ),
+  "soap": lambda: sops.soap(1e-2, precondition_every=2),
+  "soap_stats2": lambda: sops.soap(1e-2, precondition_every=2, statistics_every=2),
+  "soap_compact": lambda: sops.soap(1e-2, precondition_every=2, storage="compact"),
+}
+
+
+@pytest.mark.parametrize("bad_step", [3, 4])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_skipped_step_leaves_the_whole_state_bit_for_bit_unchanged(rng, name, bad_step):
+  # The guard has no conditional around the step: every part of the state must be kept by the
+  # step itself on a skipped step, including on steps that would refresh roots or statistics.
+  params = {"w": jnp.asarray(rng.standard_normal((6, 4)), jnp.float32), "b": jnp.zeros(4)}
+  x = jnp.asarray(rng.standard_normal((32, 6)), jnp.float32)
+
+  def loss(p):
+    return jnp.mean((x @ p["w"] + p["b"] - 1.0) ** 2)
+
+  tx = CONFIGS[name]()
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  p = params
+  for t in range(bad_step + 1):
+    g = jax.grad(loss)(p)
+    if t == bad_step:
+      before = state
+      g = jax.tree.map(lambda v: v.at[0].set(jnp.nan), g)
+    u, state = update(g, state, p)
+    p = optax.apply_updates(p, u)
+  inner_before = jax.tree.leaves(before)
+  inner_after = jax.tree.leaves(state)
+  assert len(inner_before) == len(inner_after)
+  node = state[0]
+  assert int(node.info.nonfinite_skips) == 1
+  restored = node._replace(info=node.info._replace(nonfinite_skips=before[0].info.nonfinite_skips))
+  state = (restored, *state[1:])
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert all(float(jnp.max(jnp.abs(v))) == 0.0 for v in jax.tree.leaves(u))

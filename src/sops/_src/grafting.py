@@ -53,8 +53,10 @@ def graft_direction(
   count: jax.Array,
   b2: jax.typing.ArrayLike,
   eps: jax.typing.ArrayLike,
+  active: jax.typing.ArrayLike = True,
 ) -> tuple[Any, Any]:
-  """Returns ``(direction, new_nu)`` of the graft optimizer ``kind``.
+  """Returns ``(direction, new_nu)`` of the graft optimizer ``kind`` (``nu`` itself where
+  ``active`` is False: a skipped step).
 
   Args:
     kind: one of :data:`GRAFTS`.
@@ -63,6 +65,7 @@ def graft_direction(
     count: int32 step number starting at 1 (for Adam's bias correction).
     b2: second-moment decay.
     eps: added to the root of the second moment.
+    active: scalar bool; False keeps ``nu`` exactly (the direction is then not used).
 
   Returns:
     The graft direction (same tree as ``grads``) and the new graft state.
@@ -72,7 +75,12 @@ def graft_direction(
   w_old, w_new = ema_weights(b2)
   if kind == "adagrad":
     w_old, w_new = 1.0, 1.0
-  new_nu = jax.tree.map(lambda v, g: (w_old * v + w_new * jnp.square(g)).astype(v.dtype), nu, grads)
+  w_old, w_new = jnp.where(active, w_old, 1.0), jnp.where(active, w_new, 0.0)
+
+  def update(v, g):
+    return (w_old * v + w_new * jnp.where(active, jnp.square(g), 0.0)).astype(v.dtype)
+
+  new_nu = jax.tree.map(update, nu, grads)
   if kind == "adam":
     b2a = jnp.asarray(b2)
     corr = jnp.where(b2a < 1.0, 1.0 - b2a**count, 1.0)

@@ -77,15 +77,17 @@ def scheduled_statistics(
   b2: jax.typing.ArrayLike,
   count: jax.Array,
   every: jax.typing.ArrayLike,
+  active: jax.typing.ArrayLike = True,
 ) -> tuple[jax.Array, ...]:
-  """:func:`update_statistics` on steps ``1, 1 + every, ...`` (``count`` from 1), else ``stats``.
+  """:func:`update_statistics` on steps ``1, 1 + every, ...`` (``count`` from 1), else ``stats``
+  (also when ``active`` is False: a skipped step).
 
   The caller keeps the result finite by skipping steps whose gradient could overflow ``G G^T``
   (``utils.guarded_update``). The conditional stays even for ``every == 1``: it measured no slower,
   and it keeps the statistics computed identically in programs that do and do not also compute
   roots from them (the bit-for-bit equality of ``sops.async_shampoo`` and delayed roots).
   """
-  due = (count - 1) % jnp.asarray(every, jnp.int32) == 0
+  due = ((count - 1) % jnp.asarray(every, jnp.int32) == 0) & active
   return jax.lax.cond(due, lambda: update_statistics(stats, blocks, part, b2), lambda: stats)
 
 

@@ -101,10 +101,11 @@ def _graft_rescale(yb: jax.Array, graft_blocks: jax.Array) -> jax.Array:
   return yb * (gnorm / jnp.where(snorm > 0, snorm, 1.0))
 
 
-def _momentum(mom_leaves, directions, count, b1, nesterov):
-  """EMA of the directions with Adam-style bias correction (Nesterov optional)."""
+def _momentum(mom_leaves, directions, count, b1, nesterov, ok):
+  """EMA of the directions with Adam-style bias correction (Nesterov optional); the momentum is
+  kept exactly where ``ok`` is False (a skipped step)."""
   b1 = jnp.asarray(b1)
-  full = [b1 * m + (1.0 - b1) * d for m, d in zip(mom_leaves, directions, strict=True)]
+  full = [utils.ema_or_keep(ok, b1, m, d) for m, d in zip(mom_leaves, directions, strict=True)]
   if nesterov:
     out = [
       b1 * m / (1.0 - b1 ** (count + 1)) + (1.0 - b1) * d / (1.0 - b1**count)
@@ -332,8 +333,8 @@ def scale_by_shampoo(
       info=ShampooInfo(jnp.zeros([], jnp.float32), zero_i(), zero_i(), zero_i(), zero_i()),
     )
 
-  def refresh_roots(state, stats, count, part):
-    """Root computations of this step: each stack's scheduled chunk, or nothing."""
+  def refresh_roots(state, stats, count, part, ok):
+    """Root computations of this step: each stack's scheduled chunk, or nothing (``~ok``)."""
     start = jnp.asarray(start_preconditioning_step, jnp.int32)
     since = count - start
     if stagger_roots:
@@ -348,7 +349,7 @@ def scale_by_shampoo(
       # LAPACK-based stacks run in turn (see roots.after).
       mats = _roots.after(stats[i], roots[i - 1] if i and cfg.method == "eigh" else None)
       args = (mats, roots[i], bases[i] if bases else None, steps[i], np.asarray(part.real_sizes[i]))
-      run = due & (phase < sch.phases)
+      run = due & (phase < sch.phases) & ok
 
       def work(args=args, sch=sch, p=p):
         fn = functools.partial(compute, p=p)
@@ -375,8 +376,9 @@ def scale_by_shampoo(
     )
     return tuple(roots), tuple(bases), tuple(steps), new_info
 
-  def delayed_roots(state, stats, count, part):
-    """Installs the roots of the snapshot of step ``count - s``, then snapshots ``stats``."""
+  def delayed_roots(state, stats, count, part, ok):
+    """Installs the roots of the snapshot of step ``count - s``, then snapshots ``stats``
+    (neither on a skipped step, ``~ok``)."""
     since = count - jnp.asarray(start_preconditioning_step, jnp.int32)
     late = since - staleness
     pending = state.pending_statistics
@@ -394,9 +396,9 @@ def scale_by_shampoo(
       return state.preconditioners, state.eigenbases, state.root_steps, info
 
     with jax.named_scope("shampoo_roots"):
-      out = lax.cond((late >= 0) & (late % precondition_every == 0), work, keep)
+      out = lax.cond((late >= 0) & (late % precondition_every == 0) & ok, work, keep)
     slot = (since // precondition_every) % slots
-    take = (since >= 0) & (since % precondition_every == 0)
+    take = (since >= 0) & (since % precondition_every == 0) & ok
     pending = lax.cond(take, lambda: _roots.put_snapshot(pending, slot, stats), lambda: pending)
     return (*out, pending)
 
@@ -418,34 +420,35 @@ def scale_by_shampoo(
       out.append(blocking.from_blocks(yb, lp))
     return out
 
-  def step(leaves, stored, part):
+  def step(leaves, ok, stored, part):
+    """The update; where ``ok`` is False (a skipped step) the state stays ``stored``."""
     state = _storage.decode_state(stored, sdt)
     count = utils.safe_increment(state.shampoo_count)
     mom_leaves, mom_def = jax.tree.flatten(state.shampoo_momentum)
     g = [x.astype(grafting.accumulator_dtype(x)) for x in leaves]
     nu_leaves, nu_def = jax.tree.flatten(state.graft_nu)
-    graft_dir, nu_leaves = grafting.graft_direction(graft, g, nu_leaves, count, b2, eps)
+    graft_dir, nu_leaves = grafting.graft_direction(graft, g, nu_leaves, count, b2, eps, ok)
     blocks = kronecker.to_block_list(leaves, part, sdt)
     stats = kronecker.scheduled_statistics(
-      state.statistics, blocks, part, b2, count, statistics_every
+      state.statistics, blocks, part, b2, count, statistics_every, ok
     )
     pending = state.pending_statistics
     if external_roots:
       roots, bases, root_steps = state.preconditioners, state.eigenbases, state.root_steps
       info = state.info._replace(steps_since_root=utils.safe_increment(state.info.steps_since_root))
     elif staleness:
-      roots, bases, root_steps, info, pending = delayed_roots(state, stats, count, part)
+      roots, bases, root_steps, info, pending = delayed_roots(state, stats, count, part, ok)
     else:
-      roots, bases, root_steps, info = refresh_roots(state, stats, count, part)
+      roots, bases, root_steps, info = refresh_roots(state, stats, count, part, ok)
     # New roots are used at the precision they are stored in (as when installed from outside);
     # they are encoded only on the steps that computed them.
     roots, stored_roots = _storage.updated_stacks(
       roots, stored.preconditioners, info.steps_since_root == 0, sdt
     )
     dirs = directions(leaves, graft_dir, blocks, roots, root_steps, count, part)
-    out, mom = _momentum(mom_leaves, dirs, count, b1, nesterov)
+    out, mom = _momentum(mom_leaves, dirs, count, b1, nesterov, ok)
     new_state = ScaleByShampooState(
-      shampoo_count=count,
+      shampoo_count=jnp.where(ok, count, state.shampoo_count),
       statistics=stats,
       preconditioners=stored_roots,
       eigenbases=bases,
@@ -453,16 +456,16 @@ def scale_by_shampoo(
       root_steps=root_steps,
       graft_nu=jax.tree.unflatten(nu_def, nu_leaves),
       shampoo_momentum=jax.tree.unflatten(mom_def, mom),
-      info=info,
+      info=utils.keep_unless(ok, info, state.info),
     )
-    new_state = _storage.encode_state(new_state, stored, ("statistics", "pending_statistics"))
+    new_state = _storage.encode_state(new_state, stored, ("statistics", "pending_statistics"), ok)
     return [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)], new_state
 
   def update_fn(updates, state, params=None):
     del params
 
-    def run(leaves):
-      return step(leaves, state, plan(leaves))
+    def run(leaves, ok):
+      return step(leaves, ok, state, plan(leaves))
 
     return utils.guarded_update(updates, state, state.shampoo_momentum, run, axis_name, sdt)
 

@@ -286,7 +286,8 @@ def scale_by_soap(
     )
     return tuple(new), mu, nu, info
 
-  def step(leaves, stored, part):
+  def step(leaves, ok, stored, part):
+    """The update; where ``ok`` is False (a skipped step) the state stays ``stored``."""
     state = _storage.decode_state(stored, sdt, stacks)
     count = utils.safe_increment(state.soap_count)
     mu, mu_def = jax.tree.flatten(state.soap_mu)
@@ -296,16 +297,16 @@ def scale_by_soap(
     g = [x.astype(grafting.accumulator_dtype(x)) for x in leaves]
     g = rotate(g, bases, part, False, blocks)
     b1_, b2_ = jnp.asarray(b1), jnp.asarray(b2)
-    mu_full = [b1_ * m + (1.0 - b1_) * x for m, x in zip(mu, g, strict=True)]
+    mu_full = [utils.ema_or_keep(ok, b1_, m, x) for m, x in zip(mu, g, strict=True)]
     mu = [f.astype(m.dtype) for f, m in zip(mu_full, mu, strict=True)]
-    nu = [(b2_ * v + (1.0 - b2_) * x * x).astype(v.dtype) for v, x in zip(nu, g, strict=True)]
+    nu = [utils.ema_or_keep(ok, b2_, v, x * x).astype(v.dtype) for v, x in zip(nu, g, strict=True)]
     bc1, bc2 = 1.0 - b1_**count, 1.0 - b2_**count
     dirs = [(m / bc1) / (jnp.sqrt(v / bc2) + eps) for m, v in zip(mu_full, nu, strict=True)]
     out = rotate(dirs, bases, part, True)
     stats = kronecker.scheduled_statistics(
-      state.soap_statistics, blocks, part, shampoo_beta2, count, statistics_every
+      state.soap_statistics, blocks, part, shampoo_beta2, count, statistics_every, ok
     )
-    due = (count - 1) % jnp.asarray(precondition_every, jnp.int32) == 0
+    due = ((count - 1) % jnp.asarray(precondition_every, jnp.int32) == 0) & ok
     if bases:
       bases, mu, nu, info = lax.cond(
         due,
@@ -315,21 +316,21 @@ def scale_by_soap(
     else:
       info = state.info
     new_state = ScaleBySoapState(
-      soap_count=count,
+      soap_count=jnp.where(ok, count, state.soap_count),
       soap_statistics=stats,
       soap_eigenbases=bases,
       soap_mu=jax.tree.unflatten(mu_def, mu),
       soap_nu=jax.tree.unflatten(nu_def, nu),
       info=info,
     )
-    new_state = _storage.encode_state(new_state, stored, stacks)
+    new_state = _storage.encode_state(new_state, stored, stacks, ok)
     return [o.astype(x.dtype) for o, x in zip(out, leaves, strict=True)], new_state
 
   def update_fn(updates, state, params=None):
     del params
 
-    def run(leaves):
-      return step(leaves, state, plan(leaves))
+    def run(leaves, ok):
+      return step(leaves, ok, state, plan(leaves))
 
     return utils.guarded_update(updates, state, state.soap_mu, run, axis_name, sdt)
 

@@ -249,8 +249,22 @@ def decode_state(state: Any, dtype: jnp.dtype, fields: tuple[str, ...] = _STACKS
   )
 
 
-def encode_state(state: Any, like: Any, fields: tuple[str, ...] = _STACKS) -> Any:
-  """``state`` (full stacks ``fields``) stored like the state ``like``."""
+def encode_state(
+  state: Any, like: Any, fields: tuple[str, ...] = _STACKS, active: Any = True
+) -> Any:
+  """``state`` (full stacks ``fields``) stored like the state ``like``; where ``active`` is False
+  (a skipped step, whose stacks are ``like``'s decoded) exactly ``like``'s: float storage
+  re-encodes its decoded stacks exactly, a quantised stack is selected."""
+
+  def one(x, s):
+    out = encode_like(x, s)
+    if _is_quantized(s) and active is not True:
+      out = jax.tree.map(lambda a, b: jnp.where(active, a, b), out, s)
+    return out
+
   return state._replace(
-    **{f: jax.tree.map(encode_like, getattr(state, f), getattr(like, f)) for f in fields}
+    **{
+      f: jax.tree.map(one, getattr(state, f), getattr(like, f), is_leaf=_is_quantized)
+      for f in fields
+    }
   )

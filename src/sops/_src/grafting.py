@@ -21,6 +21,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sops._src import utils
+
 GRAFTS = ("adam", "rmsprop", "adagrad", "sgd", "none")
 
 
@@ -75,12 +77,11 @@ def graft_direction(
   w_old, w_new = ema_weights(b2)
   if kind == "adagrad":
     w_old, w_new = 1.0, 1.0
-  w_old, w_new = jnp.where(active, w_old, 1.0), jnp.where(active, w_new, 0.0)
-
-  def update(v, g):
-    return (w_old * v + w_new * jnp.where(active, jnp.square(g), 0.0)).astype(v.dtype)
-
-  new_nu = jax.tree.map(update, nu, grads)
+  new_nu = jax.tree.map(
+    lambda v, g: utils.ema_or_keep(active, w_old, w_new, v, jnp.square(g)).astype(v.dtype),
+    nu,
+    grads,
+  )
   if kind == "adam":
     b2a = jnp.asarray(b2)
     corr = jnp.where(b2a < 1.0, 1.0 - b2a**count, 1.0)

@@ -105,7 +105,9 @@ def _momentum(mom_leaves, directions, count, b1, nesterov, ok):
   """EMA of the directions with Adam-style bias correction (Nesterov optional); the momentum is
   kept exactly where ``ok`` is False (a skipped step)."""
   b1 = jnp.asarray(b1)
-  full = [utils.ema_or_keep(ok, b1, m, d) for m, d in zip(mom_leaves, directions, strict=True)]
+  full = [
+    utils.ema_or_keep(ok, b1, 1.0 - b1, m, d) for m, d in zip(mom_leaves, directions, strict=True)
+  ]
   if nesterov:
     out = [
       b1 * m / (1.0 - b1 ** (count + 1)) + (1.0 - b1) * d / (1.0 - b1**count)

@@ -297,9 +297,12 @@ def scale_by_soap(
     g = [x.astype(grafting.accumulator_dtype(x)) for x in leaves]
     g = rotate(g, bases, part, False, blocks)
     b1_, b2_ = jnp.asarray(b1), jnp.asarray(b2)
-    mu_full = [utils.ema_or_keep(ok, b1_, m, x) for m, x in zip(mu, g, strict=True)]
+    mu_full = [utils.ema_or_keep(ok, b1_, 1.0 - b1_, m, x) for m, x in zip(mu, g, strict=True)]
     mu = [f.astype(m.dtype) for f, m in zip(mu_full, mu, strict=True)]
-    nu = [utils.ema_or_keep(ok, b2_, v, x * x).astype(v.dtype) for v, x in zip(nu, g, strict=True)]
+    nu = [
+      utils.ema_or_keep(ok, b2_, 1.0 - b2_, v, x * x).astype(v.dtype)
+      for v, x in zip(nu, g, strict=True)
+    ]
     bc1, bc2 = 1.0 - b1_**count, 1.0 - b2_**count
     dirs = [(m / bc1) / (jnp.sqrt(v / bc2) + eps) for m, v in zip(mu_full, nu, strict=True)]
     out = rotate(dirs, bases, part, True)

@@ -263,8 +263,5 @@ def encode_state(
     return out
 
   return state._replace(
-    **{
-      f: jax.tree.map(one, getattr(state, f), getattr(like, f), is_leaf=_is_quantized)
-      for f in fields
-    }
+    **{f: jax.tree.map(one, getattr(state, f), getattr(like, f)) for f in fields}
   )

@@ -236,9 +236,9 @@ def guarded_update(
   original, updates = updates, float_leaves(updates)
   check_grad_tree(updates, reference)
   leaves, treedef = jax.tree.flatten(updates)
-  dtypes = [statistics_dtype, *(jnp.promote_types(x.dtype, jnp.float32) for x in leaves)]
-  limit = min(float(jnp.finfo(d).max) for d in dtypes) / 4
-  squares = [jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32)))) for x in leaves]
+  acc = [jnp.promote_types(x.dtype, jnp.float32) for x in leaves]  # grafting.accumulator_dtype
+  limit = min(float(jnp.finfo(d).max) for d in [statistics_dtype, *acc]) / 4
+  squares = [jnp.sum(jnp.square(x.astype(d))) for x, d in zip(leaves, acc, strict=True)]
   norm2 = sum(squares, jnp.zeros((), jnp.float32))
   ok = norm2 <= limit  # False for NaN and inf
   if axis_name is not None:
@@ -251,17 +251,21 @@ def guarded_update(
 
 
 def ema_or_keep(
-  ok: jax.Array, decay: jax.typing.ArrayLike, old: jax.Array, new_term: jax.Array
+  ok: jax.Array,
+  w_old: jax.typing.ArrayLike,
+  w_new: jax.typing.ArrayLike,
+  old: jax.Array,
+  new_term: jax.Array,
 ) -> jax.Array:
-  """``decay * old + (1 - decay) * new_term``, or exactly ``old`` where ``ok`` (scalar) is False.
+  """``w_old * old + w_new * new_term``, or exactly ``old`` where ``ok`` (scalar) is False.
 
   The weights become ``1, 0`` and a non-finite ``new_term`` is replaced by 0 in the same
   element-wise pass, so a skipped step keeps its moving average without a separate select over
   the state (which XLA does not fuse with the update). Computed in ``old``'s dtype promoted with
   ``new_term``'s.
   """
-  w_old = jnp.where(ok, decay, 1.0)
-  return w_old * old + (1.0 - w_old) * jnp.where(ok, new_term, 0.0)
+  w_old, w_new = jnp.where(ok, w_old, 1.0), jnp.where(ok, w_new, 0.0)
+  return w_old * old + w_new * jnp.where(ok, new_term, 0.0)
 
 
 def keep_unless(ok: jax.Array, new: Any, old: Any) -> Any:

@@ -65,7 +65,6 @@ class _Hyper(NamedTuple):
 
 class _State(NamedTuple):
   params: Any  # pytree like params: the accepted iterate x_k
-  grad: Any  # pytree like params: the gradient at x_k
   direction: Any  # pytree like params: the Newton-CG direction p_k from x_k
   slope: jax.Array  # shape=(), g_k^T p_k < 0
   step: jax.Array  # shape=(), the trial step t of the line search (0 before the first evaluation)
@@ -111,7 +110,8 @@ def _iteration(f, s: _State, hp: _Hyper) -> _State:
   One loop iteration is one line-search trial, and the trial is evaluated with the linearization
   the next CG solve needs (value, gradient and Hessian-vector product in one ``jax.linearize``):
   the usual accepted unit step costs one forward and backward pass, not an extra evaluation of
-  ``f``. A rejected trial halves ``t``; CG runs only after an accepted trial.
+  ``f``. A rejected trial halves ``t``; CG runs only after an accepted trial (its direction from a
+  rejected trial's gradient is discarded).
   """
   trial = utils.tree_add_scale(s.params, s.step, s.direction)
   with jax.named_scope("newton_cg_minimize_linearize"):
@@ -121,8 +121,8 @@ def _iteration(f, s: _State, hp: _Hyper) -> _State:
   accept = first | _armijo(s.info.value, value, s.step, s.slope)
   trials = jnp.where(accept, 0, s.trials + 1)
   failed = ~accept & (trials >= hp.max_linesearch_steps)
-  grad = optax.tree.where(accept, grad, s.grad)
   grad_norm = optax.tree.norm(grad, ord="inf").astype(s.info.grad_norm.dtype)  # NaN if one is
+  grad_norm = jnp.where(accept, grad_norm, s.info.grad_norm)
   value = jnp.where(accept, value, s.info.value)
   finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
   iterations = s.info.iterations + (accept & ~first).astype(jnp.int32)
@@ -141,7 +141,6 @@ def _iteration(f, s: _State, hp: _Hyper) -> _State:
   )
   return _State(
     params=optax.tree.where(accept, trial, s.params),
-    grad=grad,
     direction=optax.tree.where(accept, p, s.direction),
     slope=jnp.where(accept, slope, s.slope),
     step=jnp.where(accept, 1, s.step / 2).astype(s.step.dtype),
@@ -169,7 +168,7 @@ def _minimize(fun, params, args, hp: _Hyper):
     linesearch_failed=false,
   )
   zeros = optax.tree.zeros_like(params)
-  init = _State(params, zeros, zeros, jnp.zeros((), dtype), jnp.zeros((), dtype), zero, info, false)
+  init = _State(params, zeros, jnp.zeros((), dtype), jnp.zeros((), dtype), zero, info, false)
   s = lax.while_loop(lambda s: ~s.done, lambda s: _iteration(f, s, hp), init)
   return s.params, s.info
 

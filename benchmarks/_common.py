@@ -360,8 +360,9 @@ def add_protocol_args(
     default=[],
     metavar="NAME:KEY=VALUE,...",
     help=(
-      "extra row NAME of optimizer=shampoo (default) or soap: that optimizer's --*-kw plus these "
-      "keywords (lrs=[...] overrides the grid)"
+      "extra row NAME of optimizer=shampoo (default), soap, muon or adamw: that optimizer's "
+      "--*-kw plus these keywords (lrs=[...] overrides the grid; steps=N trains N steps on an "
+      "N-step schedule, the target staying AdamW's final loss at --steps)"
     ),
   )
   parser.add_argument("--seed", type=int, default=0, help="init and batch-sampling seed")
@@ -422,21 +423,41 @@ def optimizer_configs(args) -> list[dict[str, Any]]:
   groups = []  # (label, kind, lrs, kw)
   for k in kinds:
     groups.append((k, k, getattr(args, f"lrs_{k}"), kind_kw.get(k, {})))
+  budgets = {}
   for spec in args.variant:
     name, kw = parse_variant(spec)
     kind = kw.pop("optimizer", "shampoo")
-    if kind not in ("shampoo", "soap"):
-      raise SystemExit(f"--variant {name}: optimizer must be shampoo or soap, got {kind!r}")
+    if kind not in OPTIMIZERS:
+      raise SystemExit(f"--variant {name}: optimizer must be one of {OPTIMIZERS}, got {kind!r}")
     lrs = kw.pop("lrs", getattr(args, f"lrs_{kind}"))
-    groups.append((name, kind, list(np.atleast_1d(lrs)), {**kind_kw[kind], **kw}))
+    budgets[name] = _budget(name, kw.pop("steps", args.steps), args)
+    groups.append((name, kind, list(np.atleast_1d(lrs)), {**kind_kw.get(kind, {}), **kw}))
   labels = [g[0] for g in groups]
   if len(set(labels)) != len(labels):
     raise SystemExit(f"duplicate row names {labels}; give each --variant its own name")
   return [
-    {"label": label, "kind": kind, "lr": float(lr), "kw": kw}
+    {
+      "label": label,
+      "kind": kind,
+      "lr": float(lr),
+      "kw": kw,
+      "budget": budgets.get(label, args.steps),
+    }
     for label, kind, lrs, kw in groups
     for lr in lrs
   ]
+
+
+def _budget(name: str, steps: Any, args) -> int:
+  """A ``--variant``'s ``steps=N``: its schedule's length and training budget (a multiple of
+  ``--eval-every``, at most ``--steps``); the target stays AdamW's final loss at ``--steps``."""
+  every = getattr(args, "eval_every", 1)
+  if not isinstance(steps, int) or not 0 < steps <= args.steps or steps % every:
+    raise SystemExit(
+      f"--variant {name}: steps must be a multiple of --eval-every ({every}) in "
+      f"(0, --steps={args.steps}], got {steps!r}"
+    )
+  return steps
 
 
 def _final(losses) -> float:
@@ -555,14 +576,14 @@ def compare(
 
   def build(cfg):
     kind, lr, kw = cfg["kind"], cfg["lr"], cfg["kw"]
-    return make_optimizer(kind, lr, args.steps, args.weight_decay, kw, muon_dims)
+    return make_optimizer(kind, lr, cfg["budget"], args.weight_decay, kw, muon_dims)
 
   for cfg in configs:  # fail on a bad --shampoo-kw / --variant before any training
     build(cfg)
   runs = []
   for cfg in (bar := tqdm(configs, desc=name, unit="run")):
     bar.set_postfix_str(f"{cfg['label']} lr {cfg['lr']:.0e}")
-    res = run_one(build(cfg), args.steps)
+    res = run_one(build(cfg), cfg["budget"])
     run = {**cfg, "steps": res.steps, "losses": res.losses, "mean_step_s": res.mean_step_s}
     run.update(seconds=res.seconds, chunk_seconds=res.chunk_seconds, metrics=res.metrics)
     runs.append(run)

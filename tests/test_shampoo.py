@@ -31,9 +31,26 @@ def _unfold(x, d):
 
 
 def reference_shampoo(
-  grads, *, shape, block, b1, b2, graft, eps, ridge, start, every, p=None, nesterov=False
+  grads,
+  *,
+  shape,
+  block,
+  b1,
+  b2,
+  graft,
+  eps,
+  ridge,
+  start,
+  every,
+  p=None,
+  nesterov=False,
+  precondition_momentum=False,
 ):
-  """Updates of Shampoo for a sequence of gradients of one leaf, reshaped to ``shape``."""
+  """Updates of Shampoo for a sequence of gradients of one leaf, reshaped to ``shape``.
+
+  ``precondition_momentum``: Adam's order, the bias-corrected momentum of the gradients is
+  preconditioned and grafted (no momentum afterwards); the statistics stay the gradients'.
+  """
   rank = len(shape)
   p = p or 2 * rank
   corners = list(itertools.product(*[range(0, d, block) for d in shape]))
@@ -48,12 +65,18 @@ def reference_shampoo(
   outs = []
   for t, g0 in enumerate(grads, start=1):
     g = np.asarray(g0, np.float64).reshape(shape)
+    x = g  # what gets preconditioned
+    if precondition_momentum:
+      m = b1 * m + (1 - b1) * g
+      x = m / (1 - b1**t)
+      if nesterov:
+        x = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
     if graft in ("adam", "rmsprop", "adagrad"):
       nu = (nu + g**2) if graft == "adagrad" else b2 * nu + w_new * g**2
       corr = 1 - b2**t if (graft == "adam" and b2 < 1) else 1.0
-      gd = g / (np.sqrt(nu / corr) + eps)
+      gd = x / (np.sqrt(nu / corr) + eps)
     else:
-      gd = g
+      gd = x
     d = np.zeros(shape)
     for k, s in enumerate(sl):
       gb = g[s]
@@ -62,13 +85,16 @@ def reference_shampoo(
         stats[k][dim] = b2 * stats[k][dim] + w_new * u @ u.T
         if t >= start and (t - start) % every == 0:
           roots[k][dim] = _np_root(stats[k][dim], p, ridge)
-      y = gb
+      y = x[s]
       for dim in range(rank):
         y = np.moveaxis(np.tensordot(roots[k][dim], y, axes=(1, dim)), 0, dim)
       if graft != "none":
         y = y * np.linalg.norm(gd[s]) / np.linalg.norm(y)
       d[s] = y
     d = d if t >= start else gd
+    if precondition_momentum:
+      outs.append(d)
+      continue
     m = b1 * m + (1 - b1) * d
     if nesterov:
       outs.append(b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * d / (1 - b1**t))
@@ -141,16 +167,22 @@ def test_direction_matches_float64_reference(shape, block, merge, ref_shape, inv
 
 
 @pytest.mark.parametrize(
-  "graft,b2,nesterov,override",
+  "graft,b2,nesterov,override,first",
   [
-    ("rmsprop", 0.99, False, None),
-    ("adagrad", 0.9, True, None),
-    ("sgd", 1.0, False, None),
-    ("none", 0.99, False, 3),
-    ("adam", 1.0, True, 2),
+    ("rmsprop", 0.99, False, None, False),
+    ("adagrad", 0.9, True, None, False),
+    ("sgd", 1.0, False, None, False),
+    ("none", 0.99, False, 3, False),
+    ("adam", 1.0, True, 2, False),
+    ("adam", 0.99, False, None, True),
+    ("rmsprop", 0.9, True, None, True),
+    ("sgd", 1.0, False, 2, True),
+    ("none", 0.99, True, None, True),
   ],
 )
-def test_graft_momentum_and_exponent_options_match_reference(graft, b2, nesterov, override, rng):
+def test_graft_momentum_and_exponent_options_match_reference(
+  graft, b2, nesterov, override, first, rng
+):
   shape = (7, 6)
   grads = [rng.standard_normal(shape) * (1 + t) for t in range(7)]
   tx = sops.scale_by_shampoo(
@@ -159,6 +191,7 @@ def test_graft_momentum_and_exponent_options_match_reference(graft, b2, nesterov
     b2=b2,
     graft=graft,
     nesterov=nesterov,
+    precondition_momentum=first,
     exponent_override=override,
     matrix_epsilon=1e-3,
     precondition_every=3,
@@ -180,6 +213,7 @@ def test_graft_momentum_and_exponent_options_match_reference(graft, b2, nesterov
     every=3,
     p=override,
     nesterov=nesterov,
+    precondition_momentum=first,
   )
   _assert_close(got, want)
 

@@ -66,6 +66,9 @@ CONFIGS = {
   "shampoo_compact_stats2": lambda: sops.shampoo(
     1e-2, precondition_every=2, start_preconditioning_step=2, storage="compact", statistics_every=2
   ),
+  "shampoo_momentum_first": lambda: sops.shampoo(
+    1e-2, precondition_every=2, start_preconditioning_step=2, precondition_momentum=True
+  ),
   "soap": lambda: sops.soap(1e-2, precondition_every=2),
   "soap_stats2": lambda: sops.soap(1e-2, precondition_every=2, statistics_every=2),
   "soap_compact": lambda: sops.soap(1e-2, precondition_every=2, storage="compact"),

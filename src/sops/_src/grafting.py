@@ -6,7 +6,8 @@ from Learning Rates", arXiv:2002.11803) takes the *direction* of one optimizer a
 another. Shampoo uses its own direction with the norm of one of these graft directions:
 
 * ``"adam"``: ``g / (sqrt(nu / (1 - b2^t)) + eps)``, ``nu`` an EMA of ``g^2`` (Adam without its
-  first moment: momentum is applied after grafting);
+  first moment: momentum is applied after grafting, or before with Shampoo's
+  ``precondition_momentum``, when ``g`` is the momentum);
 * ``"rmsprop"``: ``g / (sqrt(nu) + eps)``, same EMA, no bias correction;
 * ``"adagrad"``: ``g / (sqrt(sum g^2) + eps)``;
 * ``"sgd"`` and ``"none"``: ``g`` (``"none"`` also means Shampoo's direction is not rescaled).
@@ -56,6 +57,7 @@ def graft_direction(
   b2: jax.typing.ArrayLike,
   eps: jax.typing.ArrayLike,
   active: jax.typing.ArrayLike = True,
+  numerators: Any = None,
 ) -> tuple[Any, Any]:
   """Returns ``(direction, new_nu)`` of the graft optimizer ``kind`` (``nu`` itself where
   ``active`` is False: a skipped step).
@@ -68,12 +70,15 @@ def graft_direction(
     b2: second-moment decay.
     eps: added to the root of the second moment.
     active: scalar bool; False keeps ``nu`` exactly (the direction is then not used).
+    numerators: the tree divided by the second-moment root (``None``: ``grads``), e.g. Adam's
+      bias-corrected first moment; ``nu`` is always updated from ``grads``.
 
   Returns:
     The graft direction (same tree as ``grads``) and the new graft state.
   """
+  numerators = grads if numerators is None else numerators
   if not _uses_nu(kind):
-    return grads, nu
+    return numerators, nu
   w_old, w_new = ema_weights(b2)
   if kind == "adagrad":
     w_old, w_new = 1.0, 1.0
@@ -88,6 +93,32 @@ def graft_direction(
   else:
     corr = 1.0
   direction = jax.tree.map(
-    lambda g, v: (g / (jnp.sqrt(v / corr) + eps)).astype(g.dtype), grads, new_nu
+    lambda g, v: (g / (jnp.sqrt(v / corr) + eps)).astype(g.dtype), numerators, new_nu
   )
   return direction, new_nu
+
+
+def rescale_to_graft(yb: jax.Array, graft_blocks: jax.Array) -> jax.Array:
+  """Rescales every block of Shampoo's direction to the norm of the graft's direction there."""
+  axes = tuple(range(1, yb.ndim))
+  gnorm = jnp.sqrt(jnp.sum(jnp.square(graft_blocks), axis=axes, keepdims=True))
+  snorm = jnp.sqrt(jnp.sum(jnp.square(yb), axis=axes, keepdims=True))
+  return yb * (gnorm / jnp.where(snorm > 0, snorm, 1.0))
+
+
+def momentum(mom_leaves, directions, count, b1, nesterov, ok):
+  """EMA of ``directions`` with Adam-style bias correction (Nesterov optional); returns
+  ``(output, new_momentum)``, the momentum kept exactly where ``ok`` is False (a skipped step).
+  Shampoo applies it after grafting, or before with ``precondition_momentum``."""
+  b1 = jnp.asarray(b1)
+  full = [
+    utils.ema_or_keep(ok, b1, 1.0 - b1, m, d) for m, d in zip(mom_leaves, directions, strict=True)
+  ]
+  if nesterov:
+    out = [
+      b1 * m / (1.0 - b1 ** (count + 1)) + (1.0 - b1) * d / (1.0 - b1**count)
+      for m, d in zip(full, directions, strict=True)
+    ]
+  else:
+    out = [m / (1.0 - b1**count) for m in full]
+  return out, [f.astype(m.dtype) for f, m in zip(full, mom_leaves, strict=True)]

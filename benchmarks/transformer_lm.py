@@ -20,7 +20,8 @@ Protocol (same for every optimizer, ``benchmarks/_common.py``):
   ``optax.contrib.muon`` on the attention and MLP matrices, its AdamW branch (same weight decay)
   on embeddings, head, biases, LayerNorms;
 * peak lr grid per optimizer (``--lrs-adamw`` etc.); each optimizer's best lr = lowest final
-  validation loss; target = AdamW's best final validation loss;
+  validation loss; target = the best final validation loss of any AdamW run (its lr grid and
+  any ``--variant`` with ``optimizer=adamw``, e.g. ``b2=0.99``), ratios against that run;
 * identical batches and initial parameters for every run (seeded numpy sampling outside jit);
   training in ``lax.scan`` chunks of ``--eval-every`` steps, compile excluded by a warm-up call,
   evaluation excluded from the timing;

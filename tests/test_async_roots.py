@@ -184,6 +184,43 @@ def test_delayed_roots_under_pmap_match_one_device(devices):
     np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
+def _pmap_run(tx, roots, devices, steps):
+  """``steps`` steps of ``tx`` under ``pmap`` over ``devices`` (same gradients on every replica,
+  averaged over the axis), the pipeline ``roots`` (or None) called after each."""
+  n = len(devices)
+  rep = lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), t)  # noqa: E731
+
+  @functools.partial(jax.pmap, axis_name="i", devices=devices)
+  def step(p, s, g):
+    u, s = tx.update(jax.lax.pmean(g, "i"), s, p)
+    return optax.apply_updates(p, u), s
+
+  params = _params()
+  p, s = rep(params), rep(tx.init(params))
+  for i in range(steps):
+    p, s = step(p, s, rep(_grads(i, params)))
+    if roots is not None:
+      s = roots(s)
+      roots.wait()  # eigh on one CPU device next to training on others can deadlock
+  assert n == jax.tree.leaves(p)[0].shape[0]
+  return p, s
+
+
+def test_async_pipeline_under_pmap_equals_delayed_roots_bit_for_bit(devices):
+  # A pmap-replicated state: the snapshot comes from replica 0, the roots go to every replica.
+  kw = dict(KW, inverse_root="eigh", axis_name="i")
+  p0, s0 = _pmap_run(sops.shampoo(1e-2, root_staleness=3, **kw), None, devices[:2], 17)
+  tx, roots = sops.async_shampoo(1e-2, root_staleness=3, root_device=devices[2], **kw)
+  p1, s1 = _pmap_run(tx, roots, devices[:2], 17)
+  for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(b[0]), np.asarray(b[1]))
+  for field in ("preconditioners", "root_steps"):
+    _assert_trees_equal(getattr(s0[0], field), getattr(s1[0], field))
+  assert [int(x) for x in s1[0].info.root_computations] == [3, 3]  # steps 2, 7, 12 (+3 <= 17)
+  assert int(s0[0].info.root_computations[0]) == 3
+
+
 def test_invalid_pipeline_arguments_raise():
   with pytest.raises(ValueError, match="root_staleness"):
     sops.shampoo(1e-2, root_staleness=-1)
@@ -191,8 +228,6 @@ def test_invalid_pipeline_arguments_raise():
     sops.shampoo(1e-2, root_staleness=2, stagger_roots=True)
   with pytest.raises(ValueError, match="precondition_every"):
     sops.scale_by_shampoo(root_staleness=2, precondition_every=jnp.asarray(5.0))
-  with pytest.raises(ValueError, match="axis_name"):
-    sops.shampoo(1e-2, external_roots=True, axis_name="i")
   with pytest.raises(ValueError, match="external_roots"):
     sops.shampoo(1e-2, external_roots="yes")
   with pytest.raises(ValueError, match="root_staleness"):

@@ -83,6 +83,18 @@ def _install(state: ScaleByShampooState, result: _roots.RootResult, step: jax.Ar
   return _storage.encode_state(_roots.install_state(full, result, step), state, fields)
 
 
+def _replica_devices(node: ScaleByShampooState) -> list[Any] | None:
+  """The devices of a ``pmap``-replicated state (a leading replica axis), else ``None``."""
+  count = node.shampoo_count
+  if jnp.ndim(count) == 0:
+    return None
+  n = jnp.shape(count)[0]
+  shards = sorted(getattr(count, "addressable_shards", []), key=lambda x: x.index[0].start or 0)
+  if len(shards) == n:  # one replica per device, in the order of the replica axis
+    return [x.device for x in shards]
+  return jax.local_devices()[:n]
+
+
 def _is_shampoo(x: Any) -> bool:
   return isinstance(x, ScaleByShampooState)
 
@@ -111,6 +123,11 @@ class AsyncRoots:
   Trajectories equal ``sops.shampoo(..., root_staleness=s)`` (same hyperparameters) bit for bit
   when both run on the same kind of device. The schedule counts calls, so call it after every
   step (a step skipped for non-finite gradients still counts here, not in ``shampoo_count``).
+
+  Under ``pmap`` (the transform built with ``axis_name``, its state replicated with a leading
+  device axis) the snapshot is taken from the first replica, whose statistics equal the others'
+  when the gradients are averaged over the axis, and the roots are installed on every replica
+  with a ``pmap``-ed function.
 
   Checkpoint :meth:`state_dict` (a pytree of arrays and ints: the snapshots in flight) with the
   optimizer state; :meth:`load_state_dict` on a fresh pipeline recomputes them, so a run resumed
@@ -160,6 +177,7 @@ class AsyncRoots:
     self.wait_seconds = 0.0
     self._fn = None  # built at the first root step, from the parameter shapes
     self._install = jax.jit(_install)
+    self._install_replicated = None  # a pmap of _install, built for a replicated state
     # One worker thread runs the computations in order (JAX releases the GIL while they run);
     # each entry is [install_at, statistics on device, Future of (input eigenbases, result)].
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sops-roots")
@@ -180,9 +198,12 @@ class AsyncRoots:
 
     return self._worker.submit(run)
 
-  def _build(self, node: ScaleByShampooState) -> None:
+  def _build(self, node: ScaleByShampooState, replicated: bool) -> None:
     if self._fn is None:
-      self._fn = jax.jit(_root_function(node.shampoo_momentum, **self._root_kwargs))
+      momentum = node.shampoo_momentum
+      if replicated:  # the parameter shapes, without the replica axis
+        momentum = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), momentum)
+      self._fn = jax.jit(_root_function(momentum, **self._root_kwargs))
     for install_at, stats, bases in self._restored:
       stats, bases = jax.device_put((stats, bases), self.device)
       self._pending.append([install_at, stats, self._submit(stats, bases)])
@@ -192,12 +213,16 @@ class AsyncRoots:
     """Advances the pipeline after one optimizer step; returns ``opt_state`` with the roots due
     at the next step installed (unchanged otherwise)."""
     node = _shampoo_state(opt_state)
-    self._build(node)
+    replicas = _replica_devices(node)
+    self._build(node, replicas is not None)
     self.step += 1
     since = self.step - self.start
     if since >= 0 and since % self.every == 0:
       # Copies issued now, before the next step may donate these buffers.
-      stats, bases = jax.device_put((node.statistics, node.eigenbases), self.device)
+      snapshot = (node.statistics, node.eigenbases)
+      if replicas is not None:
+        snapshot = jax.tree.map(lambda x: x[0], snapshot)
+      stats, bases = jax.device_put(snapshot, self.device)
       if self._pending:  # warm starts chain through the computations in flight
         bases = self._pending[-1][2]
       self._pending.append([self.step + self.staleness, stats, self._submit(stats, bases)])
@@ -206,6 +231,14 @@ class AsyncRoots:
     t0 = time.perf_counter()
     result = self._pending.pop(0)[2].result()[1]  # waits only if not done yet
     self.wait_seconds += time.perf_counter() - t0
+    if replicas is not None:
+      new = self._install_on_replicas(node, result, replicas)
+    else:
+      new = self._install_here(node, result)
+    return jax.tree.map(lambda x: new if _is_shampoo(x) else x, opt_state, is_leaf=_is_shampoo)
+
+  def _install_here(self, node: ScaleByShampooState, result: _roots.RootResult):
+    """Installs ``result`` for step ``self.step + 1`` where the state's arrays live."""
     like = _roots.RootResult(
       roots=tuple(jax.tree.leaves(x)[0].sharding for x in node.preconditioners),
       bases=tuple(x.sharding for x in node.eigenbases) if result.bases else (),
@@ -213,8 +246,13 @@ class AsyncRoots:
       error=node.info.max_root_error.sharding,
     )
     step = jax.device_put(jnp.asarray(self.step + 1, jnp.int32), node.shampoo_count.sharding)
-    new = self._install(node, jax.device_put(result, like), step)
-    return jax.tree.map(lambda x: new if _is_shampoo(x) else x, opt_state, is_leaf=_is_shampoo)
+    return self._install(node, jax.device_put(result, like), step)
+
+  def _install_on_replicas(self, node: ScaleByShampooState, result: _roots.RootResult, devices):
+    """Installs ``result`` for step ``self.step + 1`` on every replica of a ``pmap`` state."""
+    if self._install_replicated is None:  # result and step are broadcast to every replica
+      self._install_replicated = jax.pmap(_install, in_axes=(0, None, None), devices=devices)
+    return self._install_replicated(node, result, jnp.asarray(self.step + 1, jnp.int32))
 
   def wait(self) -> None:
     """Blocks until every root computation in flight is done (before timing or exiting)."""
@@ -275,8 +313,8 @@ def async_shampoo(
       batched CPU ``eigh`` runs on the process' shared thread pool, so next to training on
       another CPU device it would wait for the training's work (measured in
       ``docs/shampoo.md``).
-    **kwargs: every other argument of :func:`sops.shampoo` (not ``stagger_roots``,
-      ``axis_name``, ``root_staleness``).
+    **kwargs: every other argument of :func:`sops.shampoo` (not ``stagger_roots`` or
+      ``root_staleness``); with ``axis_name`` the state may be ``pmap``-replicated.
 
   Returns:
     ``(tx, roots)``: the ``optax.GradientTransformation`` and its :class:`AsyncRoots`.

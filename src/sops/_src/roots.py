@@ -325,11 +325,7 @@ def check_pipeline(staleness: int, external, every, stagger, axis_name) -> tuple
   name = "external_roots" if external else "root_staleness"
   if stagger:
     raise ValueError(f"{name} cannot be combined with stagger_roots=True.")
-  if external:
-    if axis_name is not None:
-      raise ValueError(
-        "external_roots needs jit (sharded or not), not pmap: axis_name must be None."
-      )
+  if external:  # under pmap, axis_name only keeps the skip decisions of the replicas equal
     return staleness, 0
   if not isinstance(every, numbers.Integral) or isinstance(every, bool):
     raise ValueError(f"root_staleness > 0 needs a static int precondition_every, got {every!r}.")

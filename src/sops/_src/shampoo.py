@@ -210,7 +210,8 @@ def scale_by_shampoo(
       ``ceil(s / precondition_every)`` snapshots. ``0``: roots of the current statistics.
     external_roots: never compute roots in the step: the preconditioners change only when a
       :class:`sops.AsyncRoots` pipeline (from :func:`sops.async_shampoo`) installs them between
-      steps. Not with ``axis_name`` or ``stagger_roots``.
+      steps. Not with ``stagger_roots``; under ``pmap`` (``axis_name``) the pipeline installs
+      the same roots on every replica.
     storage: how the state is kept between steps: ``None`` (full float matrices), a
       :class:`sops.StateStorage` (packed upper triangles, low-precision or quantised statistics,
       roots and momentum) or ``"compact"`` (the recommended memory options; ``docs/shampoo.md``

@@ -165,34 +165,15 @@ def test_delayed_roots_under_sharded_jit_match_one_device(devices):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
-def test_delayed_roots_under_pmap_match_one_device(devices):
-  n = len(devices)
-  tx = sops.shampoo(1e-2, root_staleness=3, axis_name="i", **KW)
-  params = _params()
-  rep = lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), t)  # noqa: E731
-
-  @functools.partial(jax.pmap, axis_name="i")
-  def step(p, s, g):
-    u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s
-
-  p, s = rep(params), rep(tx.init(params))
-  for i in range(15):
-    p, s = step(p, s, rep(_grads(i, jax.tree.map(lambda x: x[0], p))))
-  p_ref, _, _ = _run(sops.shampoo(1e-2, root_staleness=3, **KW), steps=15)
-  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_ref), strict=True):
-    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b), rtol=1e-5, atol=1e-5)
-
-
 def _pmap_run(tx, roots, devices, steps):
-  """``steps`` steps of ``tx`` under ``pmap`` over ``devices`` (same gradients on every replica,
-  averaged over the axis), the pipeline ``roots`` (or None) called after each."""
+  """``steps`` steps of ``tx`` under ``pmap`` over ``devices`` (the same gradients on every
+  replica), the pipeline ``roots`` (or None) called after each."""
   n = len(devices)
   rep = lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), t)  # noqa: E731
 
   @functools.partial(jax.pmap, axis_name="i", devices=devices)
   def step(p, s, g):
-    u, s = tx.update(jax.lax.pmean(g, "i"), s, p)
+    u, s = tx.update(g, s, p)
     return optax.apply_updates(p, u), s
 
   params = _params()
@@ -204,6 +185,14 @@ def _pmap_run(tx, roots, devices, steps):
       roots.wait()  # eigh on one CPU device next to training on others can deadlock
   assert n == jax.tree.leaves(p)[0].shape[0]
   return p, s
+
+
+def test_delayed_roots_under_pmap_match_one_device(devices):
+  tx = sops.shampoo(1e-2, root_staleness=3, axis_name="i", **KW)
+  p, _ = _pmap_run(tx, None, devices, 15)
+  p_ref, _, _ = _run(sops.shampoo(1e-2, root_staleness=3, **KW), steps=15)
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_ref), strict=True):
+    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 def test_async_pipeline_under_pmap_equals_delayed_roots_bit_for_bit(devices):

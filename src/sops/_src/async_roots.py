@@ -177,6 +177,7 @@ class AsyncRoots:
     self.wait_seconds = 0.0
     self._fn = None  # built at the first root step, from the parameter shapes
     self._install = jax.jit(_install)
+    self._replicas = None  # the devices of a pmap-replicated state, found at the first call
     self._install_replicated = None  # a pmap of _install, built for a replicated state
     # One worker thread runs the computations in order (JAX releases the GIL while they run);
     # each entry is [install_at, statistics on device, Future of (input eigenbases, result)].
@@ -198,10 +199,11 @@ class AsyncRoots:
 
     return self._worker.submit(run)
 
-  def _build(self, node: ScaleByShampooState, replicated: bool) -> None:
+  def _build(self, node: ScaleByShampooState) -> None:
     if self._fn is None:
+      self._replicas = _replica_devices(node)
       momentum = node.shampoo_momentum
-      if replicated:  # the parameter shapes, without the replica axis
+      if self._replicas is not None:  # the parameter shapes, without the replica axis
         momentum = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), momentum)
       self._fn = jax.jit(_root_function(momentum, **self._root_kwargs))
     for install_at, stats, bases in self._restored:
@@ -213,14 +215,13 @@ class AsyncRoots:
     """Advances the pipeline after one optimizer step; returns ``opt_state`` with the roots due
     at the next step installed (unchanged otherwise)."""
     node = _shampoo_state(opt_state)
-    replicas = _replica_devices(node)
-    self._build(node, replicas is not None)
+    self._build(node)
     self.step += 1
     since = self.step - self.start
     if since >= 0 and since % self.every == 0:
       # Copies issued now, before the next step may donate these buffers.
       snapshot = (node.statistics, node.eigenbases)
-      if replicas is not None:
+      if self._replicas is not None:
         snapshot = jax.tree.map(lambda x: x[0], snapshot)
       stats, bases = jax.device_put(snapshot, self.device)
       if self._pending:  # warm starts chain through the computations in flight
@@ -231,8 +232,8 @@ class AsyncRoots:
     t0 = time.perf_counter()
     result = self._pending.pop(0)[2].result()[1]  # waits only if not done yet
     self.wait_seconds += time.perf_counter() - t0
-    if replicas is not None:
-      new = self._install_on_replicas(node, result, replicas)
+    if self._replicas is not None:
+      new = self._install_on_replicas(node, result)
     else:
       new = self._install_here(node, result)
     return jax.tree.map(lambda x: new if _is_shampoo(x) else x, opt_state, is_leaf=_is_shampoo)
@@ -248,10 +249,10 @@ class AsyncRoots:
     step = jax.device_put(jnp.asarray(self.step + 1, jnp.int32), node.shampoo_count.sharding)
     return self._install(node, jax.device_put(result, like), step)
 
-  def _install_on_replicas(self, node: ScaleByShampooState, result: _roots.RootResult, devices):
+  def _install_on_replicas(self, node: ScaleByShampooState, result: _roots.RootResult):
     """Installs ``result`` for step ``self.step + 1`` on every replica of a ``pmap`` state."""
     if self._install_replicated is None:  # result and step are broadcast to every replica
-      self._install_replicated = jax.pmap(_install, in_axes=(0, None, None), devices=devices)
+      self._install_replicated = jax.pmap(_install, in_axes=(0, None, None), devices=self._replicas)
     return self._install_replicated(node, result, jnp.asarray(self.step + 1, jnp.int32))
 
   def wait(self) -> None:

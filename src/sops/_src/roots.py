@@ -316,7 +316,7 @@ def install_state(state: Any, result: RootResult, step: jax.Array) -> Any:
   )
 
 
-def check_pipeline(staleness: int, external, every, stagger, axis_name) -> tuple[int, int]:
+def check_pipeline(staleness: int, external, every, stagger) -> tuple[int, int]:
   """Validates ``external_roots`` and the combination with a ``root_staleness`` already checked
   by the caller (a static int ``>= 0``); returns ``(s, snapshot slots)``."""
   utils.check_choice("external_roots", external, (True, False))
@@ -325,7 +325,7 @@ def check_pipeline(staleness: int, external, every, stagger, axis_name) -> tuple
   name = "external_roots" if external else "root_staleness"
   if stagger:
     raise ValueError(f"{name} cannot be combined with stagger_roots=True.")
-  if external:  # under pmap, axis_name only keeps the skip decisions of the replicas equal
+  if external:  # also under pmap: there axis_name only keeps the replicas' skips equal
     return staleness, 0
   if not isinstance(every, numbers.Integral) or isinstance(every, bool):
     raise ValueError(f"root_staleness > 0 needs a static int precondition_every, got {every!r}.")

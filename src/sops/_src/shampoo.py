@@ -270,7 +270,7 @@ def scale_by_shampoo(
     raise ValueError(f"axis_name must be None or a str, got {axis_name!r}.")
   staleness = _static_int("root_staleness", root_staleness, 0, 0)
   staleness, slots = _roots.check_pipeline(
-    staleness, external_roots, precondition_every, stagger_roots, axis_name
+    staleness, external_roots, precondition_every, stagger_roots
   )
   if slots:
     precondition_every = int(precondition_every)

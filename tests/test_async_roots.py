@@ -70,7 +70,8 @@ def test_delayed_roots_in_use_at_t_plus_s_are_the_roots_of_the_statistics_at_t(s
   # statistics after step t (recomputed here outside the step), and none change in between.
   _, _, states = _run(sops.shampoo(1e-2, root_staleness=staleness, **KW), steps=30)
   tracker = states[0][0]
-  fn = jax.jit(async_roots._root_function(tracker.shampoo_momentum, block_size=16))
+  real_sizes, fn = async_roots._root_function(tracker.shampoo_momentum, block_size=16)
+  fn = jax.jit(functools.partial(fn, real_sizes=real_sizes))
   root_steps = [t for t in range(START, 31) if (t - START) % EVERY == 0]
   installs = {t + staleness for t in root_steps if t + staleness <= 30}
   assert installs
@@ -163,6 +164,58 @@ def test_delayed_roots_under_sharded_jit_match_one_device(devices):
   p_ref, _, _ = _run(tx, steps=20)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p_ref), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def _sharded_run(tx, roots, mesh, steps, params=None, state=None, first=0):
+  """``steps`` steps of ``tx`` under ``jit`` with the state split by ``shampoo_state_sharding``
+  over ``mesh``, the pipeline ``roots`` (or None) called after each."""
+  rep = NamedSharding(mesh, P())
+  shardings = sops.shampoo_state_sharding(tx.init(_params()), mesh, "data")
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  sharded = jax.jit(step, in_shardings=(rep, shardings, rep), out_shardings=(rep, shardings))
+  params = jax.device_put(_params() if params is None else params, rep)
+  state = jax.device_put(tx.init(_params()) if state is None else state, shardings)
+  for i in range(first, first + steps):
+    params, state = sharded(params, state, _grads(i, params))
+    if roots is not None:
+      state = roots(state)
+      roots.wait()  # eigh on one CPU device next to training on others can deadlock
+  return params, state, shardings
+
+
+def test_async_pipeline_with_a_sharded_state_computes_each_share_apart(devices):
+  # shampoo_state_sharding over 4 devices: the pipeline copies each device's blocks to the root
+  # device, computes their roots there one share at a time and sends each share back to the
+  # device holding it; nothing is gathered. Same as the delayed mode under the same sharded jit.
+  n = 4
+  mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=devices[:n])
+  kw = dict(KW, inverse_root="eigh", num_shards=n)
+  p0, s0, _ = _sharded_run(sops.shampoo(1e-2, root_staleness=3, **kw), None, mesh, 17)
+  make = lambda: sops.async_shampoo(1e-2, root_staleness=3, root_device=devices[n], **kw)  # noqa: E731
+  tx, roots = make()
+  p1, s1, shardings = _sharded_run(tx, roots, mesh, 17)
+  assert [share.devices for share in roots._shares] == [(d,) for d in devices[:n]]
+  _assert_trees_equal(p0, p1)
+  for field in ("statistics", "preconditioners", "root_steps"):
+    _assert_trees_equal(getattr(s0[0], field), getattr(s1[0], field))
+    for x, want in zip(getattr(s1[0], field), getattr(shardings[0], field), strict=True):
+      assert x.sharding == want  # the installed roots stay split like the state
+  assert int(s1[0].info.root_computations) == int(s0[0].info.root_computations) == 3
+  assert float(s1[0].info.max_root_error) == float(s0[0].info.max_root_error)
+
+  # A checkpoint with a computation in flight (snapshot of step 7, installed before step 10).
+  tx, roots = make()
+  params, state, _ = _sharded_run(tx, roots, mesh, 8)
+  saved = jax.tree.map(np.asarray, (params, state, roots.state_dict()))
+  assert saved[2]["pending"][0]["statistics"][0].shape == s1[0].statistics[0].shape  # all blocks
+  tx2, roots2 = make()
+  roots2.load_state_dict(saved[2])
+  p2, s2, _ = _sharded_run(tx2, roots2, mesh, 9, params=saved[0], state=saved[1], first=8)
+  _assert_trees_equal((p1, s1), (p2, s2))
 
 
 def _pmap_run(tx, roots, devices, steps):

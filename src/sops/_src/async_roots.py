@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +49,11 @@ _ROOT_ARGS = (
 
 
 def _root_function(momentum: Any, **kwargs: Any):
-  """``(statistics, eigenbases) -> RootResult``: the roots as :func:`sops.shampoo` with the
+  """``(real_sizes, fn)``: the unpadded block sizes of every stack and ``fn(statistics,
+  eigenbases, real_sizes) -> RootResult``, the roots as :func:`sops.shampoo` with the
   hyperparameters ``kwargs`` (among ``_ROOT_ARGS``) computes them, for parameters shaped like
-  ``momentum`` and statistics in their stored form; not yet installed (failed blocks hold the
+  ``momentum`` and statistics in their stored form (whole stacks, or one share of their blocks
+  with the matching ``real_sizes``, a static argument); not yet installed (failed blocks hold the
   identity)."""
   get = kwargs.get
   sdt = _storage.compute_dtype(get("statistics_dtype", "float32"))
@@ -68,11 +71,46 @@ def _root_function(momentum: Any, **kwargs: Any):
   ridge, threshold = get("matrix_epsilon", 1e-6), get("inverse_failure_threshold", 1.0)
   compute = _root_kernel(cfg, sdt, ridge, threshold)
 
-  def fn(stats, bases):
+  def fn(stats, bases, real_sizes):
     stats = tuple(_storage.decode(x, sdt) for x in stats)
-    return _roots.snapshot_roots(stats, bases, part.stack_keys, part.real_sizes, compute)
+    return _roots.snapshot_roots(stats, bases, part.stack_keys, real_sizes, compute)
 
-  return fn
+  return part.real_sizes, fn
+
+
+class _Share(NamedTuple):
+  """The blocks of every stack that one group of devices holds (all of them if not split)."""
+
+  devices: tuple[Any, ...] | None  # the devices holding these blocks; None: whole stacks
+  slices: tuple[slice, ...]  # per stack: its blocks in this share
+
+
+def _share_layout(node: ScaleByShampooState, split: bool) -> tuple[_Share, ...]:
+  """The shares of a state whose stacks are split over devices (``shampoo_state_sharding``): one
+  per distinct block range that this process holds, in order of the blocks. A state whose stacks
+  are not split (or with ``split=False``, a ``pmap``-replicated one) is one share of whole
+  stacks."""
+  stacks = [jax.tree.leaves(x)[0] for x in node.statistics]
+  whole = (_Share(None, tuple(slice(None) for _ in stacks)),)
+  if not (split and stacks):
+    return whole
+  maps = [x.sharding.addressable_devices_indices_map(x.shape) for x in stacks]
+
+  def rows(i, device):
+    return maps[i][device][0].indices(stacks[i].shape[0])[:2]  # (start, stop) of its blocks
+
+  groups: dict[tuple[tuple[int, int], ...], list[Any]] = {}  # slices are unhashable before 3.12
+  for device in maps[0]:
+    groups.setdefault(tuple(rows(i, device) for i in range(len(stacks))), []).append(device)
+  (only,) = groups if len(groups) == 1 else (None,)
+  if only is not None and all(r == (0, x.shape[0]) for r, x in zip(only, stacks, strict=True)):
+    return whole
+  return tuple(_Share(tuple(groups[key]), tuple(slice(*r) for r in key)) for key in sorted(groups))
+
+
+def _on(x: jax.Array, device: Any) -> jax.Array:
+  """The shard of ``x`` that ``device`` holds."""
+  return next(s.data for s in x.addressable_shards if s.device == device)
 
 
 def _install(state: ScaleByShampooState, result: _roots.RootResult, step: jax.Array):
@@ -129,6 +167,12 @@ class AsyncRoots:
   when the gradients are averaged over the axis, and the roots are installed on every replica
   with a ``pmap``-ed function.
 
+  With a state split over devices by :func:`sops.shampoo_state_sharding` (built with
+  ``num_shards``), nothing is gathered: each device's share of the blocks is copied to ``device``
+  on its own, their roots are computed one share after the other and each share's roots go back
+  to the devices holding it. Across processes each process computes the shares it holds; the
+  reported ``max_root_error`` is then the largest over those.
+
   Checkpoint :meth:`state_dict` (a pytree of arrays and ints: the snapshots in flight) with the
   optimizer state; :meth:`load_state_dict` on a fresh pipeline recomputes them, so a run resumed
   mid-flight installs the same roots at the same steps.
@@ -175,27 +219,36 @@ class AsyncRoots:
     self.step = 0
     self.compute_seconds: list[float] = []
     self.wait_seconds = 0.0
-    self._fn = None  # built at the first root step, from the parameter shapes
+    self._fn = None  # built at the first call, from the parameter shapes
     self._install = jax.jit(_install)
     self._replicas = None  # the devices of a pmap-replicated state, found at the first call
     self._install_replicated = None  # a pmap of _install, built for a replicated state
+    self._shares: tuple[_Share, ...] = ()  # the state's shares of its blocks (first call)
+    self._reals: tuple[Any, ...] = ()  # per share: the unpadded block sizes of its stacks
     # One worker thread runs the computations in order (JAX releases the GIL while they run);
-    # each entry is [install_at, statistics on device, Future of (input eigenbases, result)].
+    # each entry is [install_at, per-share statistics on device, Future of (per-share input
+    # eigenbases, per-share results)].
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sops-roots")
     self._pending: list[list[Any]] = []
     self._restored: list[list[Any]] = []  # [install_at, statistics, eigenbases] to resubmit
 
-  def _submit(self, stats: Any, bases: Any) -> concurrent.futures.Future:
-    """Computes the roots of ``stats`` on the worker; ``bases`` may be the Future of the
-    previous computation, whose output eigenbases warm-start this one."""
+  def _submit(self, stats: list[Any], bases: Any) -> concurrent.futures.Future:
+    """Computes the roots of each share of ``stats`` on the worker, one share after the other;
+    ``bases`` (per share) may be the Future of the previous computation, whose output eigenbases
+    warm-start this one."""
 
     def run():
-      inputs = bases.result()[1].bases if isinstance(bases, concurrent.futures.Future) else bases
+      if isinstance(bases, concurrent.futures.Future):
+        inputs = [r.bases for r in bases.result()[1]]
+      else:
+        inputs = bases
       jax.block_until_ready((stats, inputs))  # the training steps before the snapshot are done
       t0 = time.perf_counter()
-      result = jax.block_until_ready(self._fn(stats, inputs))
+      results = []
+      for share_stats, share_bases, real in zip(stats, inputs, self._reals, strict=True):
+        results.append(jax.block_until_ready(self._fn(share_stats, share_bases, real)))
       self.compute_seconds.append(time.perf_counter() - t0)
-      return inputs, result
+      return inputs, results
 
     return self._worker.submit(run)
 
@@ -205,11 +258,53 @@ class AsyncRoots:
       momentum = node.shampoo_momentum
       if self._replicas is not None:  # the parameter shapes, without the replica axis
         momentum = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), momentum)
-      self._fn = jax.jit(_root_function(momentum, **self._root_kwargs))
+      real_sizes, fn = _root_function(momentum, **self._root_kwargs)
+      self._fn = jax.jit(fn, static_argnums=2)
+      self._shares = _share_layout(node, split=self._replicas is None)
+      self._reals = tuple(
+        tuple(tuple(r[sl]) for r, sl in zip(real_sizes, share.slices, strict=True))
+        for share in self._shares
+      )
     for install_at, stats, bases in self._restored:
-      stats, bases = jax.device_put((stats, bases), self.device)
+      stats, bases = jax.device_put((self._split(stats), self._split(bases)), self.device)
       self._pending.append([install_at, stats, self._submit(stats, bases)])
     self._restored = []
+
+  def _snapshot(self, node: ScaleByShampooState) -> tuple[list[Any], list[Any]]:
+    """Copies of each share's statistics and eigenbases on the root device (issued now, before
+    the next step may donate these buffers)."""
+    snapshot = (node.statistics, node.eigenbases)
+    if self._replicas is not None:
+      snapshot = jax.tree.map(lambda x: x[0], snapshot)
+    pieces = [
+      snapshot
+      if share.devices is None
+      else jax.tree.map(functools.partial(_on, device=share.devices[0]), snapshot)
+      for share in self._shares
+    ]
+    pieces = jax.device_put(pieces, self.device)
+    return [p[0] for p in pieces], [p[1] for p in pieces]
+
+  def _split(self, tree: tuple[Any, ...]) -> list[Any]:
+    """Per share, the blocks of ``tree`` (stacks holding this process's shares one after the
+    other, as :meth:`state_dict` joins them)."""
+    if len(self._shares) == 1 or not tree:
+      return [tree] * len(self._shares)
+    out, offsets = [], [0] * len(tree)
+    for share in self._shares:
+      piece = []
+      for i, (stack, sl) in enumerate(zip(tree, share.slices, strict=True)):
+        n = sl.stop - sl.start
+        piece.append(jax.tree.map(lambda x, o=offsets[i], n=n: x[o : o + n], stack))
+        offsets[i] += n
+      out.append(tuple(piece))
+    return out
+
+  def _join(self, pieces: list[Any]) -> tuple[Any, ...]:
+    """The inverse of :meth:`_split`."""
+    if len(pieces) == 1:
+      return pieces[0]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *pieces)
 
   def __call__(self, opt_state: Any) -> Any:
     """Advances the pipeline after one optimizer step; returns ``opt_state`` with the roots due
@@ -219,24 +314,45 @@ class AsyncRoots:
     self.step += 1
     since = self.step - self.start
     if since >= 0 and since % self.every == 0:
-      # Copies issued now, before the next step may donate these buffers.
-      snapshot = (node.statistics, node.eigenbases)
-      if self._replicas is not None:
-        snapshot = jax.tree.map(lambda x: x[0], snapshot)
-      stats, bases = jax.device_put(snapshot, self.device)
+      stats, bases = self._snapshot(node)
       if self._pending:  # warm starts chain through the computations in flight
         bases = self._pending[-1][2]
       self._pending.append([self.step + self.staleness, stats, self._submit(stats, bases)])
     if not self._pending or self._pending[0][0] != self.step + 1:
       return opt_state
     t0 = time.perf_counter()
-    result = self._pending.pop(0)[2].result()[1]  # waits only if not done yet
+    results = self._pending.pop(0)[2].result()[1]  # waits only if not done yet
     self.wait_seconds += time.perf_counter() - t0
     if self._replicas is not None:
-      new = self._install_on_replicas(node, result)
+      new = self._install_on_replicas(node, results[0])
+    elif self._shares[0].devices is None:
+      new = self._install_here(node, results[0])
     else:
-      new = self._install_here(node, result)
+      new = self._install_here(node, self._assemble(node, results))
     return jax.tree.map(lambda x: new if _is_shampoo(x) else x, opt_state, is_leaf=_is_shampoo)
+
+  def _assemble(self, node: ScaleByShampooState, results: list[_roots.RootResult]):
+    """One result of global arrays, split over the devices like the state, from the results of
+    the shares: each share's blocks go to the devices holding that share, nothing is gathered."""
+
+    def glue(pieces, like):
+      arrays = [
+        jax.device_put(piece, device)
+        for share, piece in zip(self._shares, pieces, strict=True)
+        for device in share.devices
+      ]
+      shape = (like.shape[0], *pieces[0].shape[1:])
+      return jax.make_array_from_single_device_arrays(shape, like.sharding, arrays)
+
+    def fields(get, likes):
+      return tuple(glue([get(r)[i] for r in results], like) for i, like in enumerate(likes))
+
+    return _roots.RootResult(
+      roots=fields(lambda r: r.roots, [jax.tree.leaves(x)[0] for x in node.preconditioners]),
+      bases=fields(lambda r: r.bases, node.eigenbases) if results[0].bases else (),
+      failed=fields(lambda r: r.failed, node.root_steps),
+      error=jnp.max(jnp.stack([r.error for r in results])),
+    )
 
   def _install_here(self, node: ScaleByShampooState, result: _roots.RootResult):
     """Installs ``result`` for step ``self.step + 1`` where the state's arrays live."""
@@ -263,9 +379,11 @@ class AsyncRoots:
   def state_dict(self) -> dict[str, Any]:
     """The pipeline's state for a checkpoint: ``{"step": int, "pending": [...]}`` with the install
     step, statistics snapshot and warm-start eigenbases of every computation in flight (waits
-    for the warm-start inputs of chained computations)."""
+    for the warm-start inputs of chained computations). With a sharded state the snapshots hold
+    this process's blocks, its shares one after the other."""
     pending = [
-      {"install_at": t, "statistics": s, "eigenbases": f.result()[0]} for t, s, f in self._pending
+      {"install_at": t, "statistics": self._join(s), "eigenbases": self._join(f.result()[0])}
+      for t, s, f in self._pending
     ]
     pending += [{"install_at": t, "statistics": s, "eigenbases": b} for t, s, b in self._restored]
     return {"step": self.step, "pending": pending}

@@ -107,6 +107,11 @@ def main() -> None:
   parser.add_argument("--staleness", type=int, nargs="+", default=[0, 1, 10, 50, 100])
   parser.add_argument("--timing-staleness", type=int, nargs="+", default=[10, 50])
   parser.add_argument("--timing-steps", type=int, default=300, help="timed steps per row")
+  parser.add_argument(
+    "--timing-stagger",
+    action="store_true",
+    help="also time async_shampoo with stagger_roots=True (one chunk per step) per staleness",
+  )
   parser.add_argument("--repeats", type=int, default=2, help="timings per row (mean reported)")
   parser.add_argument("--precondition-every", type=int, default=50)
   parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -176,6 +181,10 @@ def main() -> None:
     makers[f"async_shampoo s={s}"] = functools.partial(
       sops.async_shampoo, schedule(lr), root_staleness=s, root_device=root_dev, **shampoo_kw
     )
+    if args.timing_stagger:
+      makers[f"async_shampoo s={s}, staggered"] = functools.partial(
+        makers[f"async_shampoo s={s}"], stagger_roots=True
+      )
   times = {label: [] for label in makers}
   extras = {label: [] for label in makers}
   for rep in range(args.repeats):  # rows interleaved, so drifts of the machine hit all alike
@@ -235,7 +244,7 @@ def main() -> None:
     r["steps_vs_sync"] = r["steps_to_target"] / sync["steps_to_target"] if ok else None
   for r in rows:
     if r["optimizer"].startswith("async_shampoo"):
-      s = int(r["optimizer"].split("=")[1])
+      s = int(r["optimizer"].split("=")[1].split(",")[0])
       q = next((x for x in quality if x["optimizer"] == f"shampoo s={s}"), None)
       hit = None if q is None else q["steps_to_target"]
       r["steps_to_target"] = hit

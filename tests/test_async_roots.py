@@ -12,7 +12,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import sops
-from sops._src import async_roots
+from sops._src import root_transfer
 
 # Integration-level tests: CI runs them (python -m pytest -m extended); the default suite does not.
 pytestmark = pytest.mark.extended
@@ -70,8 +70,8 @@ def test_delayed_roots_in_use_at_t_plus_s_are_the_roots_of_the_statistics_at_t(s
   # statistics after step t (recomputed here outside the step), and none change in between.
   _, _, states = _run(sops.shampoo(1e-2, root_staleness=staleness, **KW), steps=30)
   tracker = states[0][0]
-  real_sizes, fn = async_roots._root_function(tracker.shampoo_momentum, block_size=16)
-  fn = jax.jit(functools.partial(fn, real_sizes=real_sizes))
+  plan = root_transfer.root_function(tracker.shampoo_momentum, block_size=16)
+  fn = jax.jit(functools.partial(plan.roots, real_sizes=plan.real_sizes))
   root_steps = [t for t in range(START, 31) if (t - START) % EVERY == 0]
   installs = {t + staleness for t in root_steps if t + staleness <= 30}
   assert installs
@@ -164,6 +164,66 @@ def test_delayed_roots_under_sharded_jit_match_one_device(devices):
   p_ref, _, _ = _run(tx, steps=20)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p_ref), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+STAGGER = dict(KW, stagger_roots=True, inverse_root="eigh")
+
+
+def test_staggered_delayed_roots_are_the_roots_of_the_statistics_s_steps_earlier():
+  # Staggered with staleness s: every block whose root was installed at step t holds the root of
+  # its statistics after step t - s, and each step installs one chunk.
+  s = 3
+  _, _, states = _run(sops.shampoo(1e-2, root_staleness=s, **STAGGER), steps=30)
+  plan = root_transfer.root_function(states[0][0].shampoo_momentum, block_size=16)
+  fn = jax.jit(functools.partial(plan.roots, real_sizes=plan.real_sizes))
+  checked, installs = 0, 0
+  for t in range(START + s, 31):
+    after = states[t - 1][0]
+    want = fn(states[t - s - 1][0].statistics, ()).roots
+    fresh_any = False
+    for steps, got, new in zip(after.root_steps, after.preconditioners, want, strict=True):
+      fresh = np.asarray(steps) == t
+      np.testing.assert_allclose(np.asarray(got)[fresh], np.asarray(new)[fresh], atol=1e-6)
+      checked += int(fresh.sum())
+      fresh_any |= bool(fresh.any())
+    installs += fresh_any
+    assert int(after.info.root_computations) == installs  # only the steps that installed a chunk
+  assert installs > (30 - START - s) // 2  # most steps install a chunk, not one step per cycle
+  total = sum(len(x) for x in states[-1][0].root_steps)
+  assert checked >= 2 * total  # every block refreshed at least twice (4+ cycles of 5 steps)
+  assert all(bool(jnp.all(x > START)) for x in states[-1][0].root_steps)
+  assert len(states[-1][0].pending_statistics) == s
+
+
+@pytest.mark.parametrize("staleness", [3, pytest.param(7, marks=pytest.mark.slow)])
+def test_staggered_async_pipeline_equals_delayed_roots_bit_for_bit(devices, staleness):
+  # One chunk snapshotted per step; 7 > precondition_every: chunks of two cycles in flight.
+  p0, s0, _ = _run(sops.shampoo(1e-2, root_staleness=staleness, **STAGGER))
+  make = lambda: sops.async_shampoo(  # noqa: E731
+    1e-2, root_staleness=staleness, root_device=devices[1], **STAGGER
+  )
+  tx, roots = make()
+  p1, _, states = _run(tx, roots, wait=True)
+  s1 = states[-1]  # before the install for step 31, which the delayed run has not done
+  _assert_trees_equal(p0, p1)
+  for field in ("statistics", "preconditioners", "root_steps", "shampoo_momentum"):
+    _assert_trees_equal(getattr(s0[0], field), getattr(s1[0], field))
+  assert int(s0[0].info.root_computations) == int(s1[0].info.root_computations)
+  assert float(s0[0].info.max_root_error) == float(s1[0].info.max_root_error)
+
+  # A checkpoint with `staleness` chunks in flight resumes bit for bit.
+  tx, roots = make()
+  params, state, _ = _run(tx, roots, steps=18, wait=True)
+  saved = jax.tree.map(np.asarray, (params, state, roots.state_dict()))
+  phases = [(t - START) % EVERY for t in range(20 - staleness, 19)]  # installed after step 19+
+  assert [p["phase"] for p in saved[2]["pending"]] == [k for k in phases if roots._ids(k)]
+  assert saved[2]["pending"]
+  tx2, roots2 = make()
+  roots2.load_state_dict(saved[2])
+  p2, s2, _ = _run(tx2, roots2, steps=12, params=saved[0], state=saved[1], first=18, wait=True)
+  _, s_ref, _ = _run(tx, roots, steps=12, params=params, state=state, first=18, wait=True)
+  _assert_trees_equal(p1, p2)
+  _assert_trees_equal(s_ref, s2)
 
 
 def _sharded_run(tx, roots, mesh, steps, params=None, state=None, first=0):
@@ -263,11 +323,32 @@ def test_async_pipeline_under_pmap_equals_delayed_roots_bit_for_bit(devices):
   assert int(s0[0].info.root_computations[0]) == 3
 
 
+def test_staggered_async_pipeline_under_pmap_and_sharded_jit(devices):
+  # pmap: chunks from replica 0, installed on every replica; sharded jit: chunks taken where the
+  # state lives and installed back into its split arrays. Both equal the delayed mode.
+  kw = dict(STAGGER, axis_name="i")
+  p0, _ = _pmap_run(sops.shampoo(1e-2, root_staleness=3, **kw), None, devices[:2], 17)
+  tx, roots = sops.async_shampoo(1e-2, root_staleness=3, root_device=devices[2], **kw)
+  p1, s1 = _pmap_run(tx, roots, devices[:2], 17)
+  _assert_trees_equal(p0, p1)
+  assert int(s1[0].info.root_computations[0]) == int(s1[0].info.root_computations[1]) > 5
+
+  n = 4
+  mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=devices[:n])
+  kw = dict(STAGGER, num_shards=n)
+  p0, s0, _ = _sharded_run(sops.shampoo(1e-2, root_staleness=3, **kw), None, mesh, 17)
+  tx, roots = sops.async_shampoo(1e-2, root_staleness=3, root_device=devices[n], **kw)
+  p1, s1, shardings = _sharded_run(tx, roots, mesh, 17)
+  _assert_trees_equal(p0, p1)
+  for x, want in zip(s1[0].preconditioners, shardings[0].preconditioners, strict=True):
+    assert x.sharding == want
+
+
 def test_invalid_pipeline_arguments_raise():
   with pytest.raises(ValueError, match="root_staleness"):
     sops.shampoo(1e-2, root_staleness=-1)
-  with pytest.raises(ValueError, match="stagger_roots"):
-    sops.shampoo(1e-2, root_staleness=2, stagger_roots=True)
+  with pytest.raises(ValueError, match="warm_start"):
+    sops.async_shampoo(1e-2, stagger_roots=True, inverse_root=sops.RootConfig(warm_start=True))
   with pytest.raises(ValueError, match="precondition_every"):
     sops.scale_by_shampoo(root_staleness=2, precondition_every=jnp.asarray(5.0))
   with pytest.raises(ValueError, match="external_roots"):

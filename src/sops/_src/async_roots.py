@@ -16,121 +16,20 @@ import concurrent.futures
 import dataclasses
 import functools
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from sops._src import root_transfer as rt
 from sops._src import roots as _roots
-from sops._src import storage as _storage
 from sops._src import utils
 from sops._src.shampoo import (
-  _DEFAULT_BLOCK_SIZE,
-  _DEFAULT_MAX_PRECONDITIONER_DIM,
   ScaleByShampooState,
-  _partition,
-  _root_kernel,
-  _static_int,
   shampoo,
 )
-
-_ROOT_ARGS = (
-  "block_size",
-  "max_preconditioner_dim",
-  "merge_small_dims",
-  "exponent_override",
-  "num_shards",
-  "inverse_root",
-  "matrix_epsilon",
-  "inverse_failure_threshold",
-  "statistics_dtype",
-)
-
-
-def _root_function(momentum: Any, **kwargs: Any):
-  """``(real_sizes, fn)``: the unpadded block sizes of every stack and ``fn(statistics,
-  eigenbases, real_sizes) -> RootResult``, the roots as :func:`sops.shampoo` with the
-  hyperparameters ``kwargs`` (among ``_ROOT_ARGS``) computes them, for parameters shaped like
-  ``momentum`` and statistics in their stored form (whole stacks, or one share of their blocks
-  with the matching ``real_sizes``, a static argument); not yet installed (failed blocks hold the
-  identity)."""
-  get = kwargs.get
-  sdt = _storage.compute_dtype(get("statistics_dtype", "float32"))
-  part = _partition(
-    tuple(tuple(jnp.shape(x)) for x in jax.tree.leaves(momentum)),
-    _static_int("block_size", get("block_size"), _DEFAULT_BLOCK_SIZE, 1),
-    _static_int(
-      "max_preconditioner_dim", get("max_preconditioner_dim"), _DEFAULT_MAX_PRECONDITIONER_DIM, 1
-    ),
-    get("merge_small_dims", True),
-    _static_int("exponent_override", get("exponent_override"), None, 1),
-    _static_int("num_shards", get("num_shards"), 1, 1),
-  )
-  cfg = _roots.as_root_config(get("inverse_root", "auto"))
-  ridge, threshold = get("matrix_epsilon", 1e-6), get("inverse_failure_threshold", 1.0)
-  compute = _root_kernel(cfg, sdt, ridge, threshold)
-
-  def fn(stats, bases, real_sizes):
-    stats = tuple(_storage.decode(x, sdt) for x in stats)
-    return _roots.snapshot_roots(stats, bases, part.stack_keys, real_sizes, compute)
-
-  return part.real_sizes, fn
-
-
-class _Share(NamedTuple):
-  """The blocks of every stack that one group of devices holds (all of them if not split)."""
-
-  devices: tuple[Any, ...] | None  # the devices holding these blocks; None: whole stacks
-  slices: tuple[slice, ...]  # per stack: its blocks in this share
-
-
-def _share_layout(node: ScaleByShampooState, split: bool) -> tuple[_Share, ...]:
-  """The shares of a state whose stacks are split over devices (``shampoo_state_sharding``): one
-  per distinct block range that this process holds, in order of the blocks. A state whose stacks
-  are not split (or with ``split=False``, a ``pmap``-replicated one) is one share of whole
-  stacks."""
-  stacks = [jax.tree.leaves(x)[0] for x in node.statistics]
-  whole = (_Share(None, tuple(slice(None) for _ in stacks)),)
-  if not (split and stacks):
-    return whole
-  maps = [x.sharding.addressable_devices_indices_map(x.shape) for x in stacks]
-
-  def rows(i, device):
-    return maps[i][device][0].indices(stacks[i].shape[0])[:2]  # (start, stop) of its blocks
-
-  groups: dict[tuple[tuple[int, int], ...], list[Any]] = {}  # slices are unhashable before 3.12
-  for device in maps[0]:
-    groups.setdefault(tuple(rows(i, device) for i in range(len(stacks))), []).append(device)
-  (only,) = groups if len(groups) == 1 else (None,)
-  if only is not None and all(r == (0, x.shape[0]) for r, x in zip(only, stacks, strict=True)):
-    return whole
-  return tuple(_Share(tuple(groups[key]), tuple(slice(*r) for r in key)) for key in sorted(groups))
-
-
-def _on(x: jax.Array, device: Any) -> jax.Array:
-  """The shard of ``x`` that ``device`` holds."""
-  return next(s.data for s in x.addressable_shards if s.device == device)
-
-
-def _install(state: ScaleByShampooState, result: _roots.RootResult, step: jax.Array):
-  """:func:`sops._src.roots.install_state` on a state whose roots may be stored compactly."""
-  dtype = result.roots[0].dtype if result.roots else jnp.float32
-  fields = ("preconditioners",)
-  full = _storage.decode_state(state, dtype, fields)
-  return _storage.encode_state(_roots.install_state(full, result, step), state, fields)
-
-
-def _replica_devices(node: ScaleByShampooState) -> list[Any] | None:
-  """The devices of a ``pmap``-replicated state (a leading replica axis), else ``None``."""
-  count = node.shampoo_count
-  if jnp.ndim(count) == 0:
-    return None
-  n = jnp.shape(count)[0]
-  shards = sorted(getattr(count, "addressable_shards", []), key=lambda x: x.index[0].start or 0)
-  if len(shards) == n:  # one replica per device, in the order of the replica axis
-    return [x.device for x in shards]
-  return jax.local_devices()[:n]
 
 
 def _is_shampoo(x: Any) -> bool:
@@ -213,29 +112,50 @@ class AsyncRoots:
     arXiv:2002.09018, Section 5.
   """
 
-  def __init__(self, root_kwargs: dict, staleness: int, every: int, start: int, device: Any):
+  def __init__(
+    self,
+    root_kwargs: dict,
+    staleness: int,
+    every: int,
+    start: int,
+    device: Any,
+    stagger: bool = False,
+  ):
     self._root_kwargs = root_kwargs
     self.staleness, self.every, self.start, self.device = staleness, every, start, device
+    self.stagger = stagger
     self.step = 0
     self.compute_seconds: list[float] = []
     self.wait_seconds = 0.0
-    self._fn = None  # built at the first call, from the parameter shapes
-    self._install = jax.jit(_install)
+    self._plan: rt.Plan | None = None  # built at the first call, from the parameter shapes
+    self._jit: dict[str, Any] = {}
     self._replicas = None  # the devices of a pmap-replicated state, found at the first call
-    self._install_replicated = None  # a pmap of _install, built for a replicated state
-    self._shares: tuple[_Share, ...] = ()  # the state's shares of its blocks (first call)
+    self._shares: tuple[rt.Share, ...] = ()  # the state's shares of its blocks (first call)
     self._reals: tuple[Any, ...] = ()  # per share: the unpadded block sizes of its stacks
     # One worker thread runs the computations in order (JAX releases the GIL while they run);
     # each entry is [install_at, per-share statistics on device, Future of (per-share input
-    # eigenbases, per-share results)].
+    # eigenbases, per-share results), staggered chunk or None].
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sops-roots")
     self._pending: list[list[Any]] = []
-    self._restored: list[list[Any]] = []  # [install_at, statistics, eigenbases] to resubmit
+    self._restored: list[list[Any]] = []  # [install_at, statistics, eigenbases, phase]
 
-  def _submit(self, stats: list[Any], bases: Any) -> concurrent.futures.Future:
-    """Computes the roots of each share of ``stats`` on the worker, one share after the other;
-    ``bases`` (per share) may be the Future of the previous computation, whose output eigenbases
-    warm-start this one."""
+  def _ids(self, phase: int) -> tuple[int, ...]:
+    """The stacks with a chunk ``phase`` (a stack of few blocks has fewer chunks)."""
+    return tuple(i for i, sch in enumerate(self._plan.schedules) if phase < sch.phases)
+
+  def _k_reals(self, phase: int) -> tuple[np.ndarray, ...]:
+    """Per stack: the unpadded sizes of the blocks of chunk ``phase``."""
+    out = []
+    for real, sch in zip(self._plan.real_sizes, self._plan.schedules, strict=True):
+      off = min(phase * sch.chunk, sch.per_shard - sch.chunk)
+      real = np.asarray(real, np.int32).reshape(sch.shards, sch.per_shard)
+      out.append(real[:, off : off + sch.chunk].reshape(-1))
+    return tuple(out)
+
+  def _submit(self, stats: list[Any], bases: Any, phase: int | None) -> concurrent.futures.Future:
+    """Computes the roots of each share of ``stats`` (of chunk ``phase`` if staggered) on the
+    worker, one share after the other; ``bases`` (per share) may be the Future of the previous
+    computation, whose output eigenbases warm-start this one."""
 
     def run():
       if isinstance(bases, concurrent.futures.Future):
@@ -244,42 +164,55 @@ class AsyncRoots:
         inputs = bases
       jax.block_until_ready((stats, inputs))  # the training steps before the snapshot are done
       t0 = time.perf_counter()
-      results = []
-      for share_stats, share_bases, real in zip(stats, inputs, self._reals, strict=True):
-        results.append(jax.block_until_ready(self._fn(share_stats, share_bases, real)))
+      if phase is None:
+        results = []
+        for share_stats, share_bases, real in zip(stats, inputs, self._reals, strict=True):
+          results.append(jax.block_until_ready(self._jit["roots"](share_stats, share_bases, real)))
+      else:
+        args = (stats[0], self._k_reals(phase), self._ids(phase))
+        results = [jax.block_until_ready(self._jit["chunk_roots"](*args))]
       self.compute_seconds.append(time.perf_counter() - t0)
       return inputs, results
 
     return self._worker.submit(run)
 
   def _build(self, node: ScaleByShampooState) -> None:
-    if self._fn is None:
-      self._replicas = _replica_devices(node)
+    if self._plan is None:
+      self._replicas = rt.replica_devices(node)
       momentum = node.shampoo_momentum
       if self._replicas is not None:  # the parameter shapes, without the replica axis
         momentum = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), momentum)
-      real_sizes, fn = _root_function(momentum, **self._root_kwargs)
-      self._fn = jax.jit(fn, static_argnums=2)
-      self._shares = _share_layout(node, split=self._replicas is None)
+      plan = rt.root_function(momentum, self.every, self.stagger, **self._root_kwargs)
+      self._plan = plan
+      self._jit = {
+        "roots": jax.jit(plan.roots, static_argnums=2),
+        "chunk_roots": jax.jit(plan.chunk_roots, static_argnums=2),
+        "take": jax.jit(lambda stats, phase: _roots.take_chunks(stats, plan.schedules, phase)),
+        "install": jax.jit(rt.install),
+        "install_chunks": jax.jit(rt.install_chunks, static_argnums=(4, 5)),
+      }
+      self._shares = rt.share_layout(node, split=self._replicas is None and not self.stagger)
       self._reals = tuple(
-        tuple(tuple(r[sl]) for r, sl in zip(real_sizes, share.slices, strict=True))
+        tuple(tuple(r[sl]) for r, sl in zip(plan.real_sizes, share.slices, strict=True))
         for share in self._shares
       )
-    for install_at, stats, bases in self._restored:
+    for install_at, stats, bases, phase in self._restored:
       stats, bases = jax.device_put((self._split(stats), self._split(bases)), self.device)
-      self._pending.append([install_at, stats, self._submit(stats, bases)])
+      self._pending.append([install_at, stats, self._submit(stats, bases, phase), phase])
     self._restored = []
 
-  def _snapshot(self, node: ScaleByShampooState) -> tuple[list[Any], list[Any]]:
-    """Copies of each share's statistics and eigenbases on the root device (issued now, before
-    the next step may donate these buffers)."""
+  def _snapshot(self, node: ScaleByShampooState, phase: int | None) -> tuple[list, list]:
+    """Copies of each share's statistics and eigenbases (of chunk ``phase`` if staggered) on
+    the root device (issued now, before the next step may donate these buffers)."""
     snapshot = (node.statistics, node.eigenbases)
     if self._replicas is not None:
       snapshot = jax.tree.map(lambda x: x[0], snapshot)
+    if phase is not None:  # staggered: one chunk of every stack, taken where the state lives
+      return [jax.device_put(self._jit["take"](snapshot[0], phase=phase), self.device)], [()]
     pieces = [
       snapshot
       if share.devices is None
-      else jax.tree.map(functools.partial(_on, device=share.devices[0]), snapshot)
+      else jax.tree.map(functools.partial(rt.shard_on, device=share.devices[0]), snapshot)
       for share in self._shares
     ]
     pieces = jax.device_put(pieces, self.device)
@@ -306,24 +239,39 @@ class AsyncRoots:
       return pieces[0]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *pieces)
 
+  def _phase(self) -> int | None | bool:
+    """What this call snapshots: the chunk number (staggered), ``None`` (every root) or
+    ``False`` (nothing)."""
+    since = self.step - self.start
+    if since < 0:
+      return False
+    if self.stagger:
+      phase = since % self.every
+      return phase if self._ids(phase) else False
+    return None if since % self.every == 0 else False
+
   def __call__(self, opt_state: Any) -> Any:
     """Advances the pipeline after one optimizer step; returns ``opt_state`` with the roots due
     at the next step installed (unchanged otherwise)."""
     node = _shampoo_state(opt_state)
     self._build(node)
     self.step += 1
-    since = self.step - self.start
-    if since >= 0 and since % self.every == 0:
-      stats, bases = self._snapshot(node)
-      if self._pending:  # warm starts chain through the computations in flight
+    phase = self._phase()
+    if phase is not False:
+      stats, bases = self._snapshot(node, phase)
+      if self._pending and phase is None:  # warm starts chain through the computations
         bases = self._pending[-1][2]
-      self._pending.append([self.step + self.staleness, stats, self._submit(stats, bases)])
+      future = self._submit(stats, bases, phase)
+      self._pending.append([self.step + self.staleness, stats, future, phase])
     if not self._pending or self._pending[0][0] != self.step + 1:
       return opt_state
     t0 = time.perf_counter()
-    results = self._pending.pop(0)[2].result()[1]  # waits only if not done yet
+    _, _, future, phase = self._pending.pop(0)
+    results = future.result()[1]  # waits only if not done yet
     self.wait_seconds += time.perf_counter() - t0
-    if self._replicas is not None:
+    if phase is not None:
+      new = self._install_staggered(node, results[0], phase)
+    elif self._replicas is not None:
       new = self._install_on_replicas(node, results[0])
     elif self._shares[0].devices is None:
       new = self._install_here(node, results[0])
@@ -363,29 +311,48 @@ class AsyncRoots:
       error=node.info.max_root_error.sharding,
     )
     step = jax.device_put(jnp.asarray(self.step + 1, jnp.int32), node.shampoo_count.sharding)
-    return self._install(node, jax.device_put(result, like), step)
+    return self._jit["install"](node, jax.device_put(result, like), step)
 
   def _install_on_replicas(self, node: ScaleByShampooState, result: _roots.RootResult):
     """Installs ``result`` for step ``self.step + 1`` on every replica of a ``pmap`` state."""
-    if self._install_replicated is None:  # result and step are broadcast to every replica
-      self._install_replicated = jax.pmap(_install, in_axes=(0, None, None), devices=self._replicas)
-    return self._install_replicated(node, result, jnp.asarray(self.step + 1, jnp.int32))
+    if "install_replicated" not in self._jit:  # result and step are broadcast to every replica
+      fn = jax.pmap(rt.install, in_axes=(0, None, None), devices=self._replicas)
+      self._jit["install_replicated"] = fn
+    return self._jit["install_replicated"](node, result, jnp.asarray(self.step + 1, jnp.int32))
+
+  def _install_staggered(self, node: ScaleByShampooState, result: Any, phase: int):
+    """Installs the roots of chunk ``phase`` for step ``self.step + 1``."""
+    ids, schedules, step = self._ids(phase), self._plan.schedules, self.step + 1
+    if self._replicas is not None:
+      key = ("install_chunks_replicated", ids)
+      if key not in self._jit:
+        fn = lambda *args: rt.install_chunks(*args, ids, schedules)  # noqa: E731
+        self._jit[key] = jax.pmap(fn, in_axes=(0, None, None, None), devices=self._replicas)
+      return self._jit[key](node, result, phase, step)
+    args = jax.device_put((result, phase, step), node.shampoo_count.sharding)
+    return self._jit["install_chunks"](node, *args, ids, schedules)
 
   def wait(self) -> None:
     """Blocks until every root computation in flight is done (before timing or exiting)."""
-    for _, _, future in self._pending:
-      future.result()
+    for entry in self._pending:
+      entry[2].result()
 
   def state_dict(self) -> dict[str, Any]:
     """The pipeline's state for a checkpoint: ``{"step": int, "pending": [...]}`` with the install
     step, statistics snapshot and warm-start eigenbases of every computation in flight (waits
-    for the warm-start inputs of chained computations). With a sharded state the snapshots hold
-    this process's blocks, its shares one after the other."""
+    for the warm-start inputs of chained computations), and with ``stagger_roots`` its chunk
+    (``"phase"``). With a sharded state the snapshots hold this process's blocks, its shares one
+    after the other."""
     pending = [
       {"install_at": t, "statistics": self._join(s), "eigenbases": self._join(f.result()[0])}
-      for t, s, f in self._pending
+      | ({} if phase is None else {"phase": phase})
+      for t, s, f, phase in self._pending
     ]
-    pending += [{"install_at": t, "statistics": s, "eigenbases": b} for t, s, b in self._restored]
+    pending += [
+      {"install_at": t, "statistics": s, "eigenbases": b}
+      | ({} if phase is None else {"phase": phase})
+      for t, s, b, phase in self._restored
+    ]
     return {"step": self.step, "pending": pending}
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -395,7 +362,12 @@ class AsyncRoots:
       raise ValueError("load_state_dict needs a fresh AsyncRoots (computations are in flight).")
     self.step = int(state["step"])
     self._restored = [
-      [int(p["install_at"]), tuple(p["statistics"]), tuple(p["eigenbases"])]
+      [
+        int(p["install_at"]),
+        tuple(p["statistics"]),
+        tuple(p["eigenbases"]),
+        None if p.get("phase") is None else int(p["phase"]),
+      ]
       for p in state["pending"]
     ]
 
@@ -432,8 +404,11 @@ def async_shampoo(
       batched CPU ``eigh`` runs on the process' shared thread pool, so next to training on
       another CPU device it would wait for the training's work (measured in
       ``docs/shampoo.md``).
-    **kwargs: every other argument of :func:`sops.shampoo` (not ``stagger_roots`` or
-      ``root_staleness``); with ``axis_name`` the state may be ``pmap``-replicated.
+    **kwargs: every other argument of :func:`sops.shampoo` (not ``root_staleness``); with
+      ``axis_name`` the state may be ``pmap``-replicated. With ``stagger_roots=True`` every step
+      snapshots one chunk of each stack and its roots are installed ``s`` steps later, as
+      ``sops.shampoo(..., stagger_roots=True, root_staleness=s)`` computes them (not with a
+      warm-started ``inverse_root``).
 
   Returns:
     ``(tx, roots)``: the ``optax.GradientTransformation`` and its :class:`AsyncRoots`.
@@ -465,6 +440,12 @@ def async_shampoo(
   if not isinstance(cfg, _roots.RootConfig):
     raise ValueError(f"inverse_root must be a str or a sops.RootConfig, got {inverse_root!r}.")
   cfg = cfg.resolved(device.platform)
+  stagger = kwargs.get("stagger_roots", False)
+  if stagger is True and cfg.tracks_basis:
+    raise ValueError(
+      "async_shampoo with stagger_roots=True needs an inverse_root without warm_start: its "
+      "chunks' eigenbases would have to follow the installs in flight."
+    )
   if device.platform == jax.default_backend() == "cpu":  # same results, no waiting on the pool
     cfg = dataclasses.replace(cfg, sequential_eigh=True)
   tx = shampoo(
@@ -475,6 +456,6 @@ def async_shampoo(
     external_roots=True,
     **kwargs,
   )
-  root_kwargs = {k: v for k, v in kwargs.items() if k in _ROOT_ARGS} | {"inverse_root": cfg}
+  root_kwargs = {k: v for k, v in kwargs.items() if k in rt.ROOT_ARGS} | {"inverse_root": cfg}
   every, start = int(precondition_every), int(start_preconditioning_step)
-  return tx, AsyncRoots(root_kwargs, int(root_staleness), every, start, device)
+  return tx, AsyncRoots(root_kwargs, int(root_staleness), every, start, device, stagger is True)

@@ -199,17 +199,33 @@ def split_over_devices(fn, mats, old, basis, k_real, axis_name):
   return jax.tree.map(lambda x: lax.all_gather(x, axis_name, tiled=True)[:n], out)
 
 
-def _chunk(x: jax.Array, sch: StackSchedule, offset: jax.Array) -> jax.Array:
+def chunk(x: jax.Array, sch: StackSchedule, offset: jax.Array) -> jax.Array:
+  """Entries ``offset .. offset + sch.chunk`` of every shard of the stack ``x``."""
   x = x.reshape((sch.shards, sch.per_shard, *x.shape[1:]))
   x = lax.dynamic_slice_in_dim(x, offset, sch.chunk, axis=1)
   return x.reshape((sch.shards * sch.chunk, *x.shape[2:]))
 
 
-def _unchunk(full: jax.Array, part: jax.Array, sch: StackSchedule, offset: jax.Array) -> jax.Array:
+def unchunk(full: jax.Array, part: jax.Array, sch: StackSchedule, offset: jax.Array) -> jax.Array:
+  """``full`` with the entries that :func:`chunk` takes at ``offset`` replaced by ``part``."""
   full = full.reshape((sch.shards, sch.per_shard, *full.shape[1:]))
   part = part.reshape((sch.shards, sch.chunk, *part.shape[1:]))
   full = lax.dynamic_update_slice_in_dim(full, part.astype(full.dtype), offset, axis=1)
   return full.reshape((sch.shards * sch.per_shard, *full.shape[2:]))
+
+
+def chunk_offset(sch: StackSchedule, phase: jax.typing.ArrayLike) -> jax.Array:
+  """First entry (within each shard) of chunk ``phase``; the last chunk may overlap the one
+  before it."""
+  return jnp.minimum(phase * sch.chunk, sch.per_shard - sch.chunk)
+
+
+def take_chunks(stats: tuple[Any, ...], schedules, phase: jax.typing.ArrayLike) -> tuple[Any, ...]:
+  """Chunk ``phase`` of every stack (each a pytree of arrays leading with the blocks' axis)."""
+  return tuple(
+    jax.tree.map(lambda x, sch=sch: chunk(x, sch, chunk_offset(sch, phase)), stack)
+    for stack, sch in zip(stats, schedules, strict=True)
+  )
 
 
 def refresh_stack(
@@ -223,21 +239,22 @@ def refresh_stack(
   count: jax.Array,
   fn,
   axis_name: str | None,
+  chunked: bool = False,
 ):
-  """Recomputes chunk ``phase`` of one stack; returns new ``(roots, basis, root_steps)``, the
-  largest error of the accepted roots and the number of failed ones."""
-  offset = jnp.minimum(phase * sch.chunk, sch.per_shard - sch.chunk)
-  k_real = _chunk(jnp.asarray(real_sizes, jnp.int32), sch, offset)
-  old = _chunk(roots, sch, offset)
-  old_basis = None if basis is None else _chunk(basis, sch, offset)
-  new, new_basis, err, failed = split_over_devices(
-    fn, _chunk(stats, sch, offset), old, old_basis, k_real, axis_name
-  )
-  steps = jnp.where(failed, _chunk(root_steps, sch, offset), count)
+  """Recomputes chunk ``phase`` of one stack (``stats`` is that chunk already if ``chunked``);
+  returns new ``(roots, basis, root_steps)``, the largest error of the accepted roots and the
+  number of failed ones."""
+  offset = chunk_offset(sch, phase)
+  k_real = chunk(jnp.asarray(real_sizes, jnp.int32), sch, offset)
+  old = chunk(roots, sch, offset)
+  old_basis = None if basis is None else chunk(basis, sch, offset)
+  mats = stats if chunked else chunk(stats, sch, offset)
+  new, new_basis, err, failed = split_over_devices(fn, mats, old, old_basis, k_real, axis_name)
+  steps = jnp.where(failed, chunk(root_steps, sch, offset), count)
   return (
-    _unchunk(roots, new, sch, offset),
-    None if basis is None else _unchunk(basis, new_basis, sch, offset),
-    _unchunk(root_steps, steps, sch, offset),
+    unchunk(roots, new, sch, offset),
+    None if basis is None else unchunk(basis, new_basis, sch, offset),
+    unchunk(root_steps, steps, sch, offset),
     jnp.max(jnp.where(failed, 0.0, err)).astype(jnp.float32),
     jnp.sum(failed, dtype=jnp.int32),
   )
@@ -318,18 +335,16 @@ def install_state(state: Any, result: RootResult, step: jax.Array) -> Any:
 
 def check_pipeline(staleness: int, external, every, stagger) -> tuple[int, int]:
   """Validates ``external_roots`` and the combination with a ``root_staleness`` already checked
-  by the caller (a static int ``>= 0``); returns ``(s, snapshot slots)``."""
+  by the caller (a static int ``>= 0``); returns ``(s, snapshot slots)``: one snapshot per root
+  step in flight, ``ceil(s / precondition_every)``, or ``s`` chunks when staggered."""
   utils.check_choice("external_roots", external, (True, False))
   if not (staleness or external):
     return 0, 0
-  name = "external_roots" if external else "root_staleness"
-  if stagger:
-    raise ValueError(f"{name} cannot be combined with stagger_roots=True.")
   if external:  # also under pmap: there axis_name only keeps the replicas' skips equal
     return staleness, 0
   if not isinstance(every, numbers.Integral) or isinstance(every, bool):
     raise ValueError(f"root_staleness > 0 needs a static int precondition_every, got {every!r}.")
-  return staleness, -(-staleness // int(every))
+  return staleness, staleness if stagger else -(-staleness // int(every))
 
 
 def pick_snapshot(pending, slot):
@@ -344,3 +359,109 @@ def put_snapshot(pending, slot, stats):
     tuple(jnp.where(slot == i, x, old) for x, old in zip(stats, snap, strict=True))
     for i, snap in enumerate(pending)
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  """When a Shampoo state computes its roots; built once per transform."""
+
+  start: Any  # start_preconditioning_step: an int, or traced under inject_hyperparams
+  every: Any  # precondition_every: a static int with stagger or staleness
+  stagger: bool
+  staleness: int  # s >= 0: steps from a statistics snapshot to the first use of its roots
+  slots: int  # snapshots kept in the state (staleness > 0)
+  schedules: Any  # part -> one StackSchedule per stack
+  compute: Any  # compute_roots with the method's static arguments bound (not p)
+  eigh: bool  # LAPACK-based method: stacks run in turn (see after)
+  axis_name: str | None
+
+
+def _refresh(t: Timing, state, mats, count, part, ok, phase, due, chunked=False):
+  """Chunk ``phase`` of every stack recomputed from ``mats`` (the statistics, or that chunk of
+  a snapshot if ``chunked``) where ``due & ok``; returns ``(roots, bases, root_steps, info)``."""
+  roots, bases = list(state.preconditioners), list(state.eigenbases)
+  steps = list(state.root_steps)
+  errs, fails, any_done = [jnp.zeros([], jnp.float32)], [], jnp.asarray(False)
+  for i, ((_, p), sch) in enumerate(zip(part.stack_keys, t.schedules(part), strict=True)):
+    m = after(mats[i], roots[i - 1] if i and t.eigh else None)  # LAPACK stacks in turn
+    args = (m, roots[i], bases[i] if bases else None, steps[i], np.asarray(part.real_sizes[i]))
+    run = due & (phase < sch.phases) & ok
+
+    def work(args=args, sch=sch, p=p):
+      fn = functools.partial(t.compute, p=p)
+      return refresh_stack(*args, sch, phase, count, fn, t.axis_name, chunked)
+
+    def keep(args=args):
+      return args[1], args[2], args[3], jnp.zeros([], jnp.float32), jnp.zeros([], jnp.int32)
+
+    with jax.named_scope("shampoo_roots"):
+      roots[i], basis, steps[i], err, n_fail = lax.cond(run, work, keep)
+    if bases:
+      bases[i] = basis
+    errs.append(err)
+    fails.append(n_fail)
+    any_done = any_done | run
+  info = state.info
+  info = info._replace(
+    max_root_error=jnp.where(any_done, jnp.max(jnp.stack(errs)), info.max_root_error),
+    root_failures=info.root_failures + sum(fails),
+    root_computations=jnp.where(
+      any_done, utils.safe_increment(info.root_computations), info.root_computations
+    ),
+    steps_since_root=jnp.where(any_done, 0, utils.safe_increment(info.steps_since_root)),
+  )
+  return tuple(roots), tuple(bases), tuple(steps), info
+
+
+def _delayed(t: Timing, state, stats, count, part, ok, since):
+  """Installs the roots of the snapshot of step ``count - s``, then snapshots ``stats``
+  (neither on a skipped step, ``~ok``)."""
+  late = since - t.staleness
+  pending = state.pending_statistics
+
+  def work():
+    snap = pick_snapshot(pending, (late // t.every) % t.slots)
+    result = snapshot_roots(
+      snap, state.eigenbases, part.stack_keys, part.real_sizes, t.compute, t.axis_name
+    )
+    new = install_state(state, result, count)
+    return new.preconditioners, new.eigenbases, new.root_steps, new.info
+
+  def keep():
+    info = state.info._replace(steps_since_root=utils.safe_increment(state.info.steps_since_root))
+    return state.preconditioners, state.eigenbases, state.root_steps, info
+
+  with jax.named_scope("shampoo_roots"):
+    out = lax.cond((late >= 0) & (late % t.every == 0) & ok, work, keep)
+  slot = (since // t.every) % t.slots
+  take = (since >= 0) & (since % t.every == 0) & ok
+  pending = lax.cond(take, lambda: put_snapshot(pending, slot, stats), lambda: pending)
+  return (*out, pending)
+
+
+def _delayed_staggered(t: Timing, state, stats, count, part, ok, since):
+  """Staggered and delayed: every step installs the roots of the chunk snapshotted ``s`` steps
+  ago (``s`` slots, one chunk per step), then snapshots this step's chunk."""
+  late = since - t.staleness
+  pending = state.pending_statistics
+  snap = pick_snapshot(pending, late % t.slots)
+  out = _refresh(t, state, snap, count, part, ok, late % t.every, late >= 0, chunked=True)
+  chunks = take_chunks(stats, t.schedules(part), since % t.every)
+  slot, take = since % t.slots, (since >= 0) & ok
+  pending = lax.cond(take, lambda: put_snapshot(pending, slot, chunks), lambda: pending)
+  return (*out, pending)
+
+
+def scheduled_roots(t: Timing, state, stats, count, part, ok):
+  """This step's root work by the schedule ``t`` (all at once or staggered, now or delayed by
+  ``s`` steps); returns ``(roots, bases, root_steps, info, pending_statistics)``."""
+  since = count - jnp.asarray(t.start, jnp.int32)
+  if t.staleness:
+    delayed = _delayed_staggered if t.stagger else _delayed
+    return delayed(t, state, stats, count, part, ok, since)
+  if t.stagger:
+    phase, due = since % t.every, since >= 0
+  else:
+    phase = jnp.zeros([], jnp.int32)
+    due = (since >= 0) & (since % jnp.asarray(t.every, jnp.int32) == 0)
+  return (*_refresh(t, state, stats, count, part, ok, phase, due), state.pending_statistics)

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
 from sops._src import blocking, grafting, kronecker, utils
 from sops._src import roots as _roots
@@ -51,7 +50,8 @@ class ScaleByShampooState(NamedTuple):
   eigenbases: tuple[jax.Array, ...]  # (num_factors, size, size), statistics_dtype: the tracked
   #   eigenbases (warm-started eigh roots), or () for other root methods
   pending_statistics: tuple[tuple[jax.Array, ...], ...]  # root_staleness > 0 only, else ():
-  #   ceil(root_staleness / precondition_every) slots, each a snapshot shaped like statistics
+  #   ceil(root_staleness / precondition_every) slots, each a snapshot shaped like statistics;
+  #   staggered: root_staleness slots, each one chunk of every stack
   root_steps: tuple[jax.Array, ...]  # one (num_factors,) int32 per stack: step of each factor's
   #   last accepted root, 0 = none yet (its blocks use the graft direction)
   graft_nu: Any  # tree like params, param dtype promoted to >= float32: the graft's second
@@ -206,12 +206,13 @@ def scale_by_shampoo(
       the statistics of each root step ``t`` are kept as a snapshot and their roots are computed
       and first used at step ``t + s`` (the seed paper's pipeline, run synchronously inside the
       step; the reference semantics of :func:`sops.async_shampoo`). Needs a static
-      ``precondition_every`` and no ``stagger_roots``; the state holds
-      ``ceil(s / precondition_every)`` snapshots. ``0``: roots of the current statistics.
+      ``precondition_every``; the state holds ``ceil(s / precondition_every)`` snapshots (with
+      ``stagger_roots``: ``s`` snapshots of one chunk each, and each step's chunk is delayed).
+      ``0``: roots of the current statistics.
     external_roots: never compute roots in the step: the preconditioners change only when a
       :class:`sops.AsyncRoots` pipeline (from :func:`sops.async_shampoo`) installs them between
-      steps. Not with ``stagger_roots``; under ``pmap`` (``axis_name``) the pipeline installs
-      the same roots on every replica.
+      steps. Under ``pmap`` (``axis_name``) the pipeline installs the same roots on every
+      replica.
     storage: how the state is kept between steps: ``None`` (full float matrices), a
       :class:`sops.StateStorage` (packed upper triangles, low-precision or quantised statistics,
       roots and momentum) or ``"compact"`` (the recommended memory options; ``docs/shampoo.md``
@@ -289,6 +290,18 @@ def scale_by_shampoo(
       _roots.stack_schedule(len(r), num_shards, every, stagger_roots) for r in part.real_sizes
     ]
 
+  timing = _roots.Timing(
+    start_preconditioning_step,
+    precondition_every,
+    stagger_roots,
+    staleness,
+    slots,
+    schedules,
+    compute,
+    cfg.method == "eigh",
+    axis_name,
+  )
+
   def init_fn(params):
     params = utils.float_leaves(params)  # int/bool leaves are passed through by update_fn
     part = plan(jax.tree.leaves(params))
@@ -311,7 +324,12 @@ def scale_by_shampoo(
       statistics=stats,
       preconditioners=eyes(store.preconditioners, store.symmetric),
       eigenbases=eyes() if cfg.tracks_basis else (),
-      pending_statistics=tuple(jax.tree.map(jnp.zeros_like, stats) for _ in range(slots)),
+      pending_statistics=tuple(
+        jax.tree.map(
+          jnp.zeros_like, _roots.take_chunks(stats, schedules(part), 0) if stagger_roots else stats
+        )
+        for _ in range(slots)
+      ),
       root_steps=tuple(jnp.zeros(x.shape[:1], jnp.int32) for x in full),
       graft_nu=grafting.init_graft(graft, params),
       shampoo_momentum=jax.tree.map(
@@ -319,75 +337,6 @@ def scale_by_shampoo(
       ),
       info=ShampooInfo(jnp.zeros([], jnp.float32), zero_i(), zero_i(), zero_i(), zero_i()),
     )
-
-  def refresh_roots(state, stats, count, part, ok):
-    """Root computations of this step: each stack's scheduled chunk, or nothing (``~ok``)."""
-    start = jnp.asarray(start_preconditioning_step, jnp.int32)
-    since = count - start
-    if stagger_roots:
-      phase, due = since % precondition_every, since >= 0
-    else:
-      phase = jnp.zeros([], jnp.int32)
-      due = (since >= 0) & (since % jnp.asarray(precondition_every, jnp.int32) == 0)
-    roots, bases = list(state.preconditioners), list(state.eigenbases)
-    steps = list(state.root_steps)
-    errs, fails, any_done = [jnp.zeros([], jnp.float32)], [], jnp.asarray(False)
-    for i, ((_, p), sch) in enumerate(zip(part.stack_keys, schedules(part), strict=True)):
-      # LAPACK-based stacks run in turn (see roots.after).
-      mats = _roots.after(stats[i], roots[i - 1] if i and cfg.method == "eigh" else None)
-      args = (mats, roots[i], bases[i] if bases else None, steps[i], np.asarray(part.real_sizes[i]))
-      run = due & (phase < sch.phases) & ok
-
-      def work(args=args, sch=sch, p=p):
-        fn = functools.partial(compute, p=p)
-        return _roots.refresh_stack(*args, sch, phase, count, fn, axis_name)
-
-      def keep(args=args):
-        return args[1], args[2], args[3], jnp.zeros([], jnp.float32), jnp.zeros([], jnp.int32)
-
-      with jax.named_scope("shampoo_roots"):
-        roots[i], basis, steps[i], err, n_fail = lax.cond(run, work, keep)
-      if bases:
-        bases[i] = basis
-      errs.append(err)
-      fails.append(n_fail)
-      any_done = any_done | run
-    info = state.info
-    new_info = info._replace(
-      max_root_error=jnp.where(any_done, jnp.max(jnp.stack(errs)), info.max_root_error),
-      root_failures=info.root_failures + sum(fails),
-      root_computations=jnp.where(
-        any_done, utils.safe_increment(info.root_computations), info.root_computations
-      ),
-      steps_since_root=jnp.where(any_done, 0, utils.safe_increment(info.steps_since_root)),
-    )
-    return tuple(roots), tuple(bases), tuple(steps), new_info
-
-  def delayed_roots(state, stats, count, part, ok):
-    """Installs the roots of the snapshot of step ``count - s``, then snapshots ``stats``
-    (neither on a skipped step, ``~ok``)."""
-    since = count - jnp.asarray(start_preconditioning_step, jnp.int32)
-    late = since - staleness
-    pending = state.pending_statistics
-
-    def work():
-      snap = _roots.pick_snapshot(pending, (late // precondition_every) % slots)
-      result = _roots.snapshot_roots(
-        snap, state.eigenbases, part.stack_keys, part.real_sizes, compute, axis_name
-      )
-      new = _roots.install_state(state, result, count)
-      return new.preconditioners, new.eigenbases, new.root_steps, new.info
-
-    def keep():
-      info = state.info._replace(steps_since_root=utils.safe_increment(state.info.steps_since_root))
-      return state.preconditioners, state.eigenbases, state.root_steps, info
-
-    with jax.named_scope("shampoo_roots"):
-      out = lax.cond((late >= 0) & (late % precondition_every == 0) & ok, work, keep)
-    slot = (since // precondition_every) % slots
-    take = (since >= 0) & (since % precondition_every == 0) & ok
-    pending = lax.cond(take, lambda: _roots.put_snapshot(pending, slot, stats), lambda: pending)
-    return (*out, pending)
 
   def directions(blocks, graft_dir, roots, root_steps, count, part):
     """Shampoo's direction where a block has all its roots, rescaled to the graft's norm."""
@@ -425,14 +374,14 @@ def scale_by_shampoo(
     stats = kronecker.scheduled_statistics(
       state.statistics, blocks, part, b2, count, statistics_every, ok
     )
-    pending = state.pending_statistics
     if external_roots:
       roots, bases, root_steps = state.preconditioners, state.eigenbases, state.root_steps
       info = state.info._replace(steps_since_root=utils.safe_increment(state.info.steps_since_root))
-    elif staleness:
-      roots, bases, root_steps, info, pending = delayed_roots(state, stats, count, part, ok)
+      pending = state.pending_statistics
     else:
-      roots, bases, root_steps, info = refresh_roots(state, stats, count, part, ok)
+      roots, bases, root_steps, info, pending = _roots.scheduled_roots(
+        timing, state, stats, count, part, ok
+      )
     # New roots are used at the precision they are stored in (as when installed from outside);
     # they are encoded only on the steps that computed them.
     roots, stored_roots = _storage.updated_stacks(

@@ -72,6 +72,11 @@ class AsyncRoots:
   to the devices holding it. Across processes each process computes the shares it holds; the
   reported ``max_root_error`` is then the largest over those.
 
+  With ``stagger_roots=True`` every call from ``start`` on snapshots one chunk of each stack
+  (chunk ``(step - start) % every``, as the staggered schedule refreshes it) and installs its
+  roots ``staleness`` steps later, as ``sops.shampoo(..., stagger_roots=True,
+  root_staleness=s)`` does; a chunk is copied whole to ``device`` (not by shares).
+
   Checkpoint :meth:`state_dict` (a pytree of arrays and ints: the snapshots in flight) with the
   optimizer state; :meth:`load_state_dict` on a fresh pipeline recomputes them, so a run resumed
   mid-flight installs the same roots at the same steps.
@@ -80,6 +85,7 @@ class AsyncRoots:
     staleness: steps from a snapshot to the first step using its roots (``root_staleness``).
     every: steps between snapshots (``precondition_every``).
     start: first snapshot step (``start_preconditioning_step``).
+    stagger: whether each step snapshots one chunk (``stagger_roots``).
     device: the device computing the roots.
     step: calls so far (optimizer steps seen).
     compute_seconds: wall-clock seconds of each finished root computation on ``device``, from

@@ -8,9 +8,15 @@ d=128 character transformer, batch 16 x 64, warm-up + cosine, weight decay 0.01)
 
 Two parts:
 
+Caveat (measured 2026-12-06, ``docs/shampoo.md``): in this JAX version XLA's CPU runtime spreads
+one device's step over both cores whatever these flags say (a training loop alone used 1.88
+cores), so on a 2-core machine the root device takes its time from the training device and the
+asynchronous rows cannot beat the synchronous one here.
+
 1. **Step time** (``--timing-steps`` steps after a warm-up that compiles everything, one Python
-   loop of jitted steps for every row, mean over all timed steps, root steps included, ended by
-   ``block_until_ready``; roots still in flight at the end are not waited for): AdamW;
+   loop of jitted steps for every row, parameters and state donated unless ``--no-donate``, mean
+   over all timed steps, root steps included, ended by ``block_until_ready``; roots still in
+   flight at the end are not waited for): AdamW;
    synchronous ``sops.shampoo`` (roots inside the step on device 0) with ``eigh`` (its CPU
    default) and with coupled Newton (CN); ``sops.async_shampoo`` with roots on device 1 for each
    ``--timing-staleness`` (``eigh`` roots, one block at a time: XLA's batched CPU ``eigh`` splits
@@ -56,6 +62,7 @@ import json  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
@@ -107,6 +114,9 @@ def main() -> None:
   parser.add_argument("--staleness", type=int, nargs="+", default=[0, 1, 10, 50, 100])
   parser.add_argument("--timing-staleness", type=int, nargs="+", default=[10, 50])
   parser.add_argument("--timing-steps", type=int, default=300, help="timed steps per row")
+  parser.add_argument(
+    "--no-donate", action="store_true", help="time steps without donating params and state"
+  )
   parser.add_argument(
     "--timing-stagger",
     action="store_true",
@@ -190,8 +200,12 @@ def main() -> None:
   for rep in range(args.repeats):  # rows interleaved, so drifts of the machine hit all alike
     for label, make in makers.items():
       tx, roots = make()
-      step = jax.jit(_common.make_step(loss_fn, tx))
-      mean, extra = timed_loop(step, params, tx.init(params), batches, roots, warmup)
+      # Parameters and state donated, as a training loop does: the step updates them in place
+      # instead of copying every unchanged buffer (statistics, roots) into new ones.
+      donate = () if args.no_donate else (0, 1)
+      step = jax.jit(_common.make_step(loss_fn, tx), donate_argnums=donate)
+      start = jax.tree.map(jnp.copy, params)  # params is reused by the next row
+      mean, extra = timed_loop(step, start, tx.init(start), batches, roots, warmup)
       times[label].append(1e3 * mean)
       extras[label].append(extra)
       print(f"repeat {rep}: {label}: {times[label][-1]:.2f} ms/step {extra}", flush=True)

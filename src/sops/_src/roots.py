@@ -6,7 +6,10 @@ steps. Synchronously, every block's root is recomputed on one step (that step is
 each stack is cut into ``precondition_every`` chunks and one chunk is refreshed per step,
 round-robin, so every step carries about ``1/precondition_every`` of the root work and every root
 is still refreshed every ``precondition_every`` steps. With ``num_shards`` the chunks are taken
-within each shard, so a sharded stack stays evenly split.
+within each shard, so a sharded stack stays evenly split. Delayed (``root_staleness=s``), the
+statistics of each root step (staggered: each step's chunk) are kept in the state and their roots
+are computed and first used ``s`` steps later, which is what :class:`sops.AsyncRoots` does off
+the step.
 
 Each stack entry records the step of its last accepted root (``root_steps``, 0 = none yet): a
 block uses Shampoo's direction only once all its factors have a root.

@@ -36,6 +36,10 @@ Time to target of the async rows = steps to target at that staleness x the async
     python benchmarks/shampoo_async_roots.py --quick    # smoke test (~2 min)
     python benchmarks/shampoo_async_roots.py --accelerator  # train on the GPU, roots on the host
 
+With ``--root-process`` the XLA CPU flags are left alone too: this process (every row's
+training) is pinned to core 0 before JAX starts, and ``async_shampoo`` computes the roots in a
+``sops.RootProcess`` pinned to core 1, the CPU stand-in for the paper's host.
+
 With ``--accelerator`` the XLA CPU flags are left alone: device 0 of the default backend (a
 GPU) trains and the last host CPU device computes the roots (the seed paper's setting); the
 synchronous rows compute ``eigh`` and coupled-Newton roots on the GPU inside the step.
@@ -49,7 +53,10 @@ import os
 import sys
 
 ACCELERATOR = "--accelerator" in sys.argv  # train on jax.devices()[0], roots on the host CPU
-if not ACCELERATOR:
+PROCESS = "--root-process" in sys.argv  # train on core 0, roots in a process on core 1
+if PROCESS:  # before JAX starts, so that every XLA thread of this process stays on core 0
+  os.sched_setaffinity(0, {0})
+elif not ACCELERATOR:
   os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=2"
@@ -115,6 +122,11 @@ def main() -> None:
   parser.add_argument("--timing-staleness", type=int, nargs="+", default=[10, 50])
   parser.add_argument("--timing-steps", type=int, default=300, help="timed steps per row")
   parser.add_argument(
+    "--root-process",
+    action="store_true",
+    help="train pinned to core 0 (every row), async roots in a sops.RootProcess on core 1",
+  )
+  parser.add_argument(
     "--no-donate", action="store_true", help="time steps without donating params and state"
   )
   parser.add_argument(
@@ -158,6 +170,8 @@ def main() -> None:
     args.precondition_every = 20
   if args.accelerator:
     train_dev, root_dev = jax.devices()[0], jax.devices("cpu")[-1]
+  elif args.root_process:
+    train_dev, root_dev = jax.devices()[0], None  # a fresh sops.RootProcess per row
   else:
     train_dev, root_dev = jax.devices()
   every = args.precondition_every
@@ -187,9 +201,13 @@ def main() -> None:
       None,
     ),
   }
+
+  def root_device():
+    return sops.RootProcess(cpus={1}) if args.root_process else root_dev
+
   for s in args.timing_staleness:
-    makers[f"async_shampoo s={s}"] = functools.partial(
-      sops.async_shampoo, schedule(lr), root_staleness=s, root_device=root_dev, **shampoo_kw
+    makers[f"async_shampoo s={s}"] = lambda s=s, **kw: sops.async_shampoo(
+      schedule(lr), root_staleness=s, root_device=root_device(), **shampoo_kw, **kw
     )
     if args.timing_stagger:
       makers[f"async_shampoo s={s}, staggered"] = functools.partial(
@@ -206,6 +224,9 @@ def main() -> None:
       step = jax.jit(_common.make_step(loss_fn, tx), donate_argnums=donate)
       start = jax.tree.map(jnp.copy, params)  # params is reused by the next row
       mean, extra = timed_loop(step, start, tx.init(start), batches, roots, warmup)
+      if roots is not None and isinstance(roots.device, sops.RootProcess):
+        roots.wait()
+        roots.device.close()
       times[label].append(1e3 * mean)
       extras[label].append(extra)
       print(f"repeat {rep}: {label}: {times[label][-1]:.2f} ms/step {extra}", flush=True)

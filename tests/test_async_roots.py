@@ -344,6 +344,21 @@ def test_staggered_async_pipeline_under_pmap_and_sharded_jit(devices):
     assert x.sharding == want
 
 
+def test_async_pipeline_in_a_root_process_equals_delayed_roots_bit_for_bit():
+  # Roots computed in a separate process (the CPU stand-in for the paper's host): same roots,
+  # whole and staggered, as the delayed mode.
+  for kw, staleness in ((dict(KW, inverse_root="eigh"), 5), (STAGGER, 3)):
+    p0, s0, _ = _run(sops.shampoo(1e-2, root_staleness=staleness, **kw), steps=17)
+    process = sops.RootProcess()
+    tx, roots = sops.async_shampoo(1e-2, root_staleness=staleness, root_device=process, **kw)
+    p1, _, states = _run(tx, roots, steps=17, wait=True)
+    process.close()
+    _assert_trees_equal(p0, p1)
+    for field in ("preconditioners", "root_steps"):
+      _assert_trees_equal(getattr(s0[0], field), getattr(states[-1][0], field))
+    assert int(states[-1][0].info.root_computations) == int(s0[0].info.root_computations) > 0
+
+
 def test_invalid_pipeline_arguments_raise():
   with pytest.raises(ValueError, match="root_staleness"):
     sops.shampoo(1e-2, root_staleness=-1)
@@ -357,6 +372,8 @@ def test_invalid_pipeline_arguments_raise():
     sops.async_shampoo(1e-2, root_staleness=0)
   with pytest.raises(ValueError, match="root_device"):
     sops.async_shampoo(1e-2, root_device="cpu:1")
+  with pytest.raises(ValueError, match="cpus"):
+    sops.RootProcess(cpus=())
   with pytest.raises(ValueError, match="external_roots"):
     sops.async_shampoo(1e-2, external_roots=False)
   _, roots = sops.async_shampoo(1e-2)

@@ -25,6 +25,7 @@ from sops._src.newton_cg import (
   newton_cg,
   scale_by_newton_cg,
 )
+from sops._src.root_process import RootProcess
 from sops._src.roots import RootConfig
 from sops._src.shampoo import (
   ScaleByShampooState,
@@ -43,6 +44,7 @@ __all__ = [
   "NewtonCGInfo",
   "NewtonCGMinimizeInfo",
   "RootConfig",
+  "RootProcess",
   "ScaleByNewtonCGState",
   "ScaleByShampooState",
   "ScaleBySoapState",

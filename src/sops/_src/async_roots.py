@@ -26,6 +26,7 @@ import optax
 from sops._src import root_transfer as rt
 from sops._src import roots as _roots
 from sops._src import utils
+from sops._src.root_process import RootProcess
 from sops._src.shampoo import (
   ScaleByShampooState,
   shampoo,
@@ -171,16 +172,30 @@ class AsyncRoots:
       jax.block_until_ready((stats, inputs))  # the training steps before the snapshot are done
       t0 = time.perf_counter()
       if phase is None:
-        results = []
-        for share_stats, share_bases, real in zip(stats, inputs, self._reals, strict=True):
-          results.append(jax.block_until_ready(self._jit["roots"](share_stats, share_bases, real)))
+        results = [
+          self._compute("roots", (share_stats, share_bases), real)
+          for share_stats, share_bases, real in zip(stats, inputs, self._reals, strict=True)
+        ]
       else:
-        args = (stats[0], self._k_reals(phase), self._ids(phase))
-        results = [jax.block_until_ready(self._jit["chunk_roots"](*args))]
+        args = (stats[0], self._k_reals(phase))
+        results = [self._compute("chunk_roots", args, self._ids(phase))]
       self.compute_seconds.append(time.perf_counter() - t0)
       return inputs, results
 
     return self._worker.submit(run)
+
+  def _compute(self, name: str, arrays: tuple[Any, ...], static: Any) -> Any:
+    """``plan.<name>(*arrays, static)`` on the root device or in the root process."""
+    if isinstance(self.device, RootProcess):
+      return self.device(name, arrays, static)
+    return jax.block_until_ready(self._jit[name](*arrays, static))
+
+  def _to_root(self, tree: Any) -> Any:
+    """``tree`` copied to the root device (for a root process: copied where it is, so that a
+    step donating its buffers cannot take them away before they reach the host)."""
+    if isinstance(self.device, RootProcess):
+      return jax.tree.map(jnp.copy, tree)
+    return jax.device_put(tree, self.device)
 
   def _build(self, node: ScaleByShampooState) -> None:
     if self._plan is None:
@@ -190,6 +205,8 @@ class AsyncRoots:
         momentum = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), momentum)
       plan = rt.root_function(momentum, self.every, self.stagger, **self._root_kwargs)
       self._plan = plan
+      if isinstance(self.device, RootProcess):
+        self.device.start(momentum, self.every, self.stagger, self._root_kwargs)
       self._jit = {
         "roots": jax.jit(plan.roots, static_argnums=2),
         "chunk_roots": jax.jit(plan.chunk_roots, static_argnums=2),
@@ -203,7 +220,7 @@ class AsyncRoots:
         for share in self._shares
       )
     for install_at, stats, bases, phase in self._restored:
-      stats, bases = jax.device_put((self._split(stats), self._split(bases)), self.device)
+      stats, bases = self._to_root((self._split(stats), self._split(bases)))
       self._pending.append([install_at, stats, self._submit(stats, bases, phase), phase])
     self._restored = []
 
@@ -214,14 +231,14 @@ class AsyncRoots:
     if self._replicas is not None:
       snapshot = jax.tree.map(lambda x: x[0], snapshot)
     if phase is not None:  # staggered: one chunk of every stack, taken where the state lives
-      return [jax.device_put(self._jit["take"](snapshot[0], phase=phase), self.device)], [()]
+      return [self._to_root(self._jit["take"](snapshot[0], phase=phase))], [()]
     pieces = [
       snapshot
       if share.devices is None
       else jax.tree.map(functools.partial(rt.shard_on, device=share.devices[0]), snapshot)
       for share in self._shares
     ]
-    pieces = jax.device_put(pieces, self.device)
+    pieces = self._to_root(pieces)
     return [p[0] for p in pieces], [p[1] for p in pieces]
 
   def _split(self, tree: tuple[Any, ...]) -> list[Any]:
@@ -401,7 +418,9 @@ def async_shampoo(
     learning_rate: a float or an optax schedule.
     root_staleness: ``s >= 1``: steps from a statistics snapshot to the first use of its roots.
     root_device: the JAX device computing the roots (default: the last CPU device, i.e. the host
-      when training on an accelerator).
+      when training on an accelerator), or a :class:`sops.RootProcess`: a separate process on
+      its own CPU cores, for CPU-only machines, where a second CPU device of the training
+      process shares its cores.
     precondition_every: steps between root computations (a static int here).
     start_preconditioning_step: first root step (a static int here).
     inverse_root: root method, as in :func:`sops.shampoo`; ``"auto"`` is ``"eigh"`` on a CPU
@@ -440,8 +459,8 @@ def async_shampoo(
     if name in kwargs:
       raise ValueError(f"async_shampoo sets {name} itself; do not pass it.")
   device = jax.devices("cpu")[-1] if root_device is None else root_device
-  if not isinstance(device, jax.Device):
-    raise ValueError(f"root_device must be a jax.Device, got {device!r}.")
+  if not isinstance(device, (jax.Device, RootProcess)):
+    raise ValueError(f"root_device must be a jax.Device or a sops.RootProcess, got {device!r}.")
   cfg = _roots.RootConfig(inverse_root) if isinstance(inverse_root, str) else inverse_root
   if not isinstance(cfg, _roots.RootConfig):
     raise ValueError(f"inverse_root must be a str or a sops.RootConfig, got {inverse_root!r}.")
@@ -452,7 +471,8 @@ def async_shampoo(
       "async_shampoo with stagger_roots=True needs an inverse_root without warm_start: its "
       "chunks' eigenbases would have to follow the installs in flight."
     )
-  if device.platform == jax.default_backend() == "cpu":  # same results, no waiting on the pool
+  same_runtime = isinstance(device, jax.Device) and device.platform == jax.default_backend()
+  if same_runtime and device.platform == "cpu":  # same results, no waiting on the pool
     cfg = dataclasses.replace(cfg, sequential_eigh=True)
   tx = shampoo(
     learning_rate,

@@ -11,7 +11,7 @@ Two parts:
 Caveat (measured 2026-12-06, ``docs/shampoo.md``): in this JAX version XLA's CPU runtime spreads
 one device's step over both cores whatever these flags say (a training loop alone used 1.88
 cores), so on a 2-core machine the root device takes its time from the training device and the
-asynchronous rows cannot beat the synchronous one here.
+asynchronous rows cannot beat the synchronous one here; ``--root-process`` (below) avoids it.
 
 1. **Step time** (``--timing-steps`` steps after a warm-up that compiles everything, one Python
    loop of jitted steps for every row, parameters and state donated unless ``--no-donate``, mean

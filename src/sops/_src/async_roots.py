@@ -150,14 +150,10 @@ class AsyncRoots:
     """The stacks with a chunk ``phase`` (a stack of few blocks has fewer chunks)."""
     return tuple(i for i, sch in enumerate(self._plan.schedules) if phase < sch.phases)
 
-  def _k_reals(self, phase: int) -> tuple[np.ndarray, ...]:
+  def _k_reals(self, phase: int) -> tuple[jax.Array, ...]:
     """Per stack: the unpadded sizes of the blocks of chunk ``phase``."""
-    out = []
-    for real, sch in zip(self._plan.real_sizes, self._plan.schedules, strict=True):
-      off = min(phase * sch.chunk, sch.per_shard - sch.chunk)
-      real = np.asarray(real, np.int32).reshape(sch.shards, sch.per_shard)
-      out.append(real[:, off : off + sch.chunk].reshape(-1))
-    return tuple(out)
+    reals = tuple(np.asarray(r, np.int32) for r in self._plan.real_sizes)
+    return _roots.take_chunks(reals, self._plan.schedules, phase)
 
   def _submit(self, stats: list[Any], bases: Any, phase: int | None) -> concurrent.futures.Future:
     """Computes the roots of each share of ``stats`` (of chunk ``phase`` if staggered) on the
@@ -366,16 +362,15 @@ class AsyncRoots:
     for the warm-start inputs of chained computations), and with ``stagger_roots`` its chunk
     (``"phase"``). With a sharded state the snapshots hold this process's blocks, its shares one
     after the other."""
+
+    def entry(install_at, stats, bases, phase):
+      out = {"install_at": install_at, "statistics": stats, "eigenbases": bases}
+      return out if phase is None else out | {"phase": phase}
+
     pending = [
-      {"install_at": t, "statistics": self._join(s), "eigenbases": self._join(f.result()[0])}
-      | ({} if phase is None else {"phase": phase})
-      for t, s, f, phase in self._pending
+      entry(t, self._join(s), self._join(f.result()[0]), phase) for t, s, f, phase in self._pending
     ]
-    pending += [
-      {"install_at": t, "statistics": s, "eigenbases": b}
-      | ({} if phase is None else {"phase": phase})
-      for t, s, b, phase in self._restored
-    ]
+    pending += [entry(*restored) for restored in self._restored]
     return {"step": self.step, "pending": pending}
 
   def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from sops._src import roots as _roots
 from sops._src import storage as _storage
-from sops._src import utils
 from sops._src.shampoo import (
   _DEFAULT_BLOCK_SIZE,
   _DEFAULT_MAX_PRECONDITIONER_DIM,
@@ -106,12 +105,7 @@ def install_chunks(state, result, phase, step, ids, schedules):
     steps[i] = _roots.unchunk(steps[i], kept, sch, off)
     errs.append(err)
     fails = fails + jnp.sum(failed, dtype=jnp.int32)
-  info = full.info._replace(
-    max_root_error=jnp.max(jnp.stack(errs)),
-    root_failures=full.info.root_failures + fails,
-    root_computations=utils.safe_increment(full.info.root_computations),
-    steps_since_root=jnp.zeros([], jnp.int32),
-  )
+  info = _roots.computed_info(full.info, jnp.max(jnp.stack(errs)), fails)
   new_state = full._replace(preconditioners=tuple(roots), root_steps=tuple(steps), info=info)
   return _storage.encode_state(new_state, state, fields)
 

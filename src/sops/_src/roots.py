@@ -318,21 +318,31 @@ def install(
   return new_roots, new_steps, failures
 
 
+def computed_info(info: Any, error: jax.Array, failures: jax.Array) -> Any:
+  """A ``ShampooInfo`` after a step that computed roots: their largest accepted ``error`` and
+  ``failures`` more failed blocks."""
+  return info._replace(
+    max_root_error=error,
+    root_failures=info.root_failures + failures,
+    root_computations=utils.safe_increment(info.root_computations),
+    steps_since_root=jnp.zeros([], jnp.int32),
+  )
+
+
+def idle_info(info: Any) -> Any:
+  """A ``ShampooInfo`` after a step that computed no roots."""
+  return info._replace(steps_since_root=utils.safe_increment(info.steps_since_root))
+
+
 def install_state(state: Any, result: RootResult, step: jax.Array) -> Any:
   """A ``ScaleByShampooState`` with the roots of a statistics snapshot installed, as first used
   at ``step``: also the diagnostics of a root computation."""
   roots, steps, failures = install(state.preconditioners, state.root_steps, result, step)
-  info = state.info
   return state._replace(
     preconditioners=roots,
     eigenbases=result.bases if state.eigenbases else (),
     root_steps=steps,
-    info=info._replace(
-      max_root_error=result.error,
-      root_failures=info.root_failures + failures,
-      root_computations=utils.safe_increment(info.root_computations),
-      steps_since_root=jnp.zeros([], jnp.int32),
-    ),
+    info=computed_info(state.info, result.error, failures),
   )
 
 
@@ -404,15 +414,8 @@ def _refresh(t: Timing, state, mats, count, part, ok, phase, due, chunked=False)
     errs.append(err)
     fails.append(n_fail)
     any_done = any_done | run
-  info = state.info
-  info = info._replace(
-    max_root_error=jnp.where(any_done, jnp.max(jnp.stack(errs)), info.max_root_error),
-    root_failures=info.root_failures + sum(fails),
-    root_computations=jnp.where(
-      any_done, utils.safe_increment(info.root_computations), info.root_computations
-    ),
-    steps_since_root=jnp.where(any_done, 0, utils.safe_increment(info.steps_since_root)),
-  )
+  done = computed_info(state.info, jnp.max(jnp.stack(errs)), sum(fails))
+  info = jax.tree.map(lambda a, b: jnp.where(any_done, a, b), done, idle_info(state.info))
   return tuple(roots), tuple(bases), tuple(steps), info
 
 
@@ -431,8 +434,7 @@ def _delayed(t: Timing, state, stats, count, part, ok, since):
     return new.preconditioners, new.eigenbases, new.root_steps, new.info
 
   def keep():
-    info = state.info._replace(steps_since_root=utils.safe_increment(state.info.steps_since_root))
-    return state.preconditioners, state.eigenbases, state.root_steps, info
+    return state.preconditioners, state.eigenbases, state.root_steps, idle_info(state.info)
 
   with jax.named_scope("shampoo_roots"):
     out = lax.cond((late >= 0) & (late % t.every == 0) & ok, work, keep)

@@ -376,7 +376,7 @@ def scale_by_shampoo(
     )
     if external_roots:
       roots, bases, root_steps = state.preconditioners, state.eigenbases, state.root_steps
-      info = state.info._replace(steps_since_root=utils.safe_increment(state.info.steps_since_root))
+      info = _roots.idle_info(state.info)
       pending = state.pending_statistics
     else:
       roots, bases, root_steps, info, pending = _roots.scheduled_roots(

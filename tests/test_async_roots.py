@@ -359,6 +359,40 @@ def test_async_pipeline_in_a_root_process_equals_delayed_roots_bit_for_bit():
     assert int(states[-1][0].info.root_computations) == int(s0[0].info.root_computations) > 0
 
 
+def test_root_process_computes_in_the_parents_float64():
+  # The process follows the parent's jax_enable_x64 (set here by a context, not at import).
+  kw = dict(KW, inverse_root="eigh", statistics_dtype="float64")
+  with jax.enable_x64(True):
+    p0, s0, _ = _run(sops.shampoo(1e-2, root_staleness=5, **kw), steps=12)
+    process = sops.RootProcess()
+    tx, roots = sops.async_shampoo(1e-2, root_staleness=5, root_device=process, **kw)
+    p1, s1, _ = _run(tx, roots, steps=12, wait=True)
+    process.close()
+  assert jax.tree.leaves(s1[0].preconditioners)[0].dtype == jnp.float64
+  _assert_trees_equal(p0, p1)
+  _assert_trees_equal(s0[0].preconditioners, s1[0].preconditioners)
+
+
+def test_root_process_failures_raise_a_clear_error():
+  # A failed request raises the process' traceback here (the process keeps serving); a request
+  # to a process that has ended, or was never started, raises instead of hanging.
+  process = sops.RootProcess()
+  with pytest.raises(RuntimeError, match="not running"):
+    process("roots", (), 0)
+  process.start(_params(), EVERY, False, {"block_size": 16})
+  with pytest.raises(RuntimeError, match="KeyError: 'bogus'"):
+    process("bogus", (), 0)
+  with pytest.raises(RuntimeError, match="failed during 'roots'"):
+    process("roots", (np.zeros(3),), 0)
+  process._process.kill()
+  process._process.join()
+  with pytest.raises(RuntimeError, match="ended"):
+    process("roots", (), 0)
+  process.close()
+  with pytest.raises(RuntimeError, match="failed during start"):
+    sops.RootProcess().start(_params(), EVERY, False, {"block_size": "x"})
+
+
 def test_invalid_pipeline_arguments_raise():
   with pytest.raises(ValueError, match="root_staleness"):
     sops.shampoo(1e-2, root_staleness=-1)

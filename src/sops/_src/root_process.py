@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import traceback
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,22 +20,33 @@ import jax
 import numpy as np
 
 
-def _serve(conn, cpus, shapes, every, stagger, root_kwargs) -> None:
-  """The root process: builds the root functions, then answers ``(name, arrays, static)``."""
-  if cpus:
-    os.sched_setaffinity(0, cpus)
-  from sops._src import root_transfer  # noqa: PLC0415 (imported in the child only)
+def _serve(conn, cpus, x64, leaves, every, stagger, root_kwargs) -> None:
+  """The root process: builds the root functions, then answers ``(name, arrays, static)`` with
+  ``("ok", result)``, or ``("error", traceback)`` if a request fails (it keeps serving)."""
+  try:
+    if cpus:
+      os.sched_setaffinity(0, cpus)
+    jax.config.update("jax_enable_x64", x64)  # the parent's dtypes, not a float32 copy of them
+    from sops._src import root_transfer  # noqa: PLC0415 (imported in the child only)
 
-  momentum = [jax.ShapeDtypeStruct(shape, np.float32) for shape in shapes]
-  plan = root_transfer.root_function(momentum, every, stagger, **root_kwargs)
-  fns = {
-    "roots": jax.jit(plan.roots, static_argnums=2),
-    "chunk_roots": jax.jit(plan.chunk_roots, static_argnums=2),
-  }
-  conn.send("ready")
+    momentum = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaves]
+    plan = root_transfer.root_function(momentum, every, stagger, **root_kwargs)
+    fns = {
+      "roots": jax.jit(plan.roots, static_argnums=2),
+      "chunk_roots": jax.jit(plan.chunk_roots, static_argnums=2),
+    }
+  except Exception:  # noqa: BLE001 (reported to the parent, which raises it)
+    conn.send(("error", traceback.format_exc()))
+    return
+  conn.send(("ok", None))
   while (request := conn.recv()) is not None:
-    name, arrays, static = request
-    conn.send(jax.tree.map(np.asarray, jax.block_until_ready(fns[name](*arrays, static))))
+    try:
+      name, arrays, static = request
+      out = jax.tree.map(np.asarray, jax.block_until_ready(fns[name](*arrays, static)))
+    except Exception:  # noqa: BLE001
+      conn.send(("error", traceback.format_exc()))
+    else:
+      conn.send(("ok", out))
 
 
 class RootProcess:
@@ -72,26 +84,61 @@ class RootProcess:
     """Starts the process for parameters shaped like ``momentum`` (waits until it is ready)."""
     if self._process is not None:
       return
-    shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(momentum)]
+    leaves = [(tuple(np.shape(x)), np.dtype(x.dtype)) for x in jax.tree.leaves(momentum)]
     ctx = multiprocessing.get_context("spawn")  # a fresh JAX runtime, no forked threads
     self._conn, child = ctx.Pipe()
-    args = (child, self.cpus, shapes, every, stagger, root_kwargs)
+    x64 = bool(jax.config.jax_enable_x64)
+    args = (child, self.cpus, x64, leaves, every, stagger, root_kwargs)
     self._process = ctx.Process(target=_serve, args=args, daemon=True, name="sops-roots")
     self._process.start()
-    if self._conn.recv() != "ready":
-      raise RuntimeError("the root process did not start.")
+    child.close()  # only the process writes to its end: its exit then ends a pending recv here
+    try:
+      self._receive("start")
+    except RuntimeError:
+      self.close()
+      raise
+
+  def _receive(self, what: str) -> Any:
+    """The process' answer to the last request; a ``RuntimeError`` carrying its traceback if the
+    request failed there, or if the process has ended."""
+    try:
+      status, out = self._conn.recv()
+    except (EOFError, OSError) as e:
+      raise RuntimeError(f"{self._ended()} during {what}.") from e
+    if status != "ok":
+      raise RuntimeError(f"the root process failed during {what}:\n{out}")
+    return out
+
+  def _ended(self) -> str:
+    """Why the process cannot answer: it has ended, with its exit code."""
+    self._process.join(timeout=5)
+    return (
+      f"the root process ended (exit code {self._process.exitcode}; a script starting it must "
+      "guard its entry point with `if __name__ == '__main__':`, as multiprocessing's spawn "
+      "start method requires)"
+    )
 
   def __call__(self, name: str, arrays: tuple[Any, ...], static: Any) -> Any:
     """``name`` (``"roots"`` or ``"chunk_roots"``) of ``arrays`` (copied to the host) and a
     static last argument, computed in the process; NumPy results."""
-    self._conn.send((name, jax.tree.map(np.asarray, arrays), static))
-    return self._conn.recv()
+    if self._process is None:
+      raise RuntimeError("the root process is not running (not started yet, or closed).")
+    try:
+      self._conn.send((name, jax.tree.map(np.asarray, arrays), static))
+    except OSError as e:
+      raise RuntimeError(f"{self._ended()}.") from e
+    return self._receive(repr(name))
 
   def close(self) -> None:
     """Stops the process (it also ends with its parent)."""
     if self._process is not None:
-      self._conn.send(None)
+      try:
+        self._conn.send(None)
+      except OSError:  # it has ended already
+        pass
       self._process.join(timeout=10)
+      if self._process.is_alive():
+        self._process.terminate()
       self._process = self._conn = None
 
   def __repr__(self) -> str:

@@ -224,9 +224,8 @@ def main() -> None:
       step = jax.jit(_common.make_step(loss_fn, tx), donate_argnums=donate)
       start = jax.tree.map(jnp.copy, params)  # params is reused by the next row
       mean, extra = timed_loop(step, start, tx.init(start), batches, roots, warmup)
-      if roots is not None and isinstance(roots.device, sops.RootProcess):
-        roots.wait()
-        roots.device.close()
+      if roots is not None:
+        roots.close()  # waits, stops its worker thread and closes a sops.RootProcess
       times[label].append(1e3 * mean)
       extras[label].append(extra)
       print(f"repeat {rep}: {label}: {times[label][-1]:.2f} ms/step {extra}", flush=True)

@@ -351,8 +351,9 @@ def test_async_pipeline_in_a_root_process_equals_delayed_roots_bit_for_bit():
     p0, s0, _ = _run(sops.shampoo(1e-2, root_staleness=staleness, **kw), steps=17)
     process = sops.RootProcess()
     tx, roots = sops.async_shampoo(1e-2, root_staleness=staleness, root_device=process, **kw)
-    p1, _, states = _run(tx, roots, steps=17, wait=True)
-    process.close()
+    with roots:
+      p1, _, states = _run(tx, roots, steps=17, wait=True)
+    assert process._process is None  # closing the pipeline closed its process
     _assert_trees_equal(p0, p1)
     for field in ("preconditioners", "root_steps"):
       _assert_trees_equal(getattr(s0[0], field), getattr(states[-1][0], field))

@@ -356,6 +356,20 @@ class AsyncRoots:
     for entry in self._pending:
       entry[2].result()
 
+  def close(self) -> None:
+    """Waits for the computations in flight, stops the worker thread and closes a
+    :class:`sops.RootProcess` root device (take :meth:`state_dict` first to checkpoint them).
+    Also ``with sops.async_shampoo(...)[1] as roots: ...``."""
+    self._worker.shutdown(wait=True)
+    if isinstance(self.device, RootProcess):
+      self.device.close()
+
+  def __enter__(self) -> AsyncRoots:
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
+
   def state_dict(self) -> dict[str, Any]:
     """The pipeline's state for a checkpoint: ``{"step": int, "pending": [...]}`` with the install
     step, statistics snapshot and warm-start eigenbases of every computation in flight (waits

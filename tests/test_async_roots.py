@@ -392,6 +392,12 @@ def test_root_process_failures_raise_a_clear_error():
   process.close()
   with pytest.raises(RuntimeError, match="failed during start"):
     sops.RootProcess().start(_params(), EVERY, False, {"block_size": "x"})
+  # Arguments that cannot be sent to the process raise at start and leave nothing half-started.
+  unsent = sops.RootProcess()
+  with pytest.raises(Exception, match="pickle"):
+    unsent.start(_params(), EVERY, False, {"matrix_epsilon": lambda: 1e-6})
+  with pytest.raises(RuntimeError, match="not running"):
+    unsent("roots", (), 0)
 
 
 def test_invalid_pipeline_arguments_raise():

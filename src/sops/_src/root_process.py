@@ -86,12 +86,18 @@ class RootProcess:
       return
     leaves = [(tuple(np.shape(x)), np.dtype(x.dtype)) for x in jax.tree.leaves(momentum)]
     ctx = multiprocessing.get_context("spawn")  # a fresh JAX runtime, no forked threads
-    self._conn, child = ctx.Pipe()
+    conn, child = ctx.Pipe()
     x64 = bool(jax.config.jax_enable_x64)
     args = (child, self.cpus, x64, leaves, every, stagger, root_kwargs)
-    self._process = ctx.Process(target=_serve, args=args, daemon=True, name="sops-roots")
-    self._process.start()
-    child.close()  # only the process writes to its end: its exit then ends a pending recv here
+    process = ctx.Process(target=_serve, args=args, daemon=True, name="sops-roots")
+    try:
+      process.start()  # pickles the arguments: an unpicklable hyperparameter raises here
+    except BaseException:
+      conn.close()
+      raise
+    finally:
+      child.close()  # only the process writes to its end: its exit then ends a pending recv here
+    self._conn, self._process = conn, process
     try:
       self._receive("start")
     except RuntimeError:

@@ -200,9 +200,9 @@ class AsyncRoots:
       if self._replicas is not None:  # the parameter shapes, without the replica axis
         momentum = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), momentum)
       plan = rt.root_function(momentum, self.every, self.stagger, **self._root_kwargs)
-      self._plan = plan
-      if isinstance(self.device, RootProcess):
+      if isinstance(self.device, RootProcess):  # if it fails to start, the next call retries
         self.device.start(momentum, self.every, self.stagger, self._root_kwargs)
+      self._plan = plan
       self._jit = {
         "roots": jax.jit(plan.roots, static_argnums=2),
         "chunk_roots": jax.jit(plan.chunk_roots, static_argnums=2),

@@ -354,6 +354,9 @@ def test_async_pipeline_in_a_root_process_equals_delayed_roots_bit_for_bit():
     with roots:
       p1, _, states = _run(tx, roots, steps=17, wait=True)
     assert process._process is None  # closing the pipeline closed its process
+    with pytest.raises(RuntimeError, match="closed"):
+      roots(states[-1])
+    roots.close()  # closing twice is harmless
     _assert_trees_equal(p0, p1)
     for field in ("preconditioners", "root_steps"):
       _assert_trees_equal(getattr(s0[0], field), getattr(states[-1][0], field))

@@ -145,6 +145,7 @@ class AsyncRoots:
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sops-roots")
     self._pending: list[list[Any]] = []
     self._restored: list[list[Any]] = []  # [install_at, statistics, eigenbases, phase]
+    self._closed = False
 
   def _ids(self, phase: int) -> tuple[int, ...]:
     """The stacks with a chunk ``phase`` (a stack of few blocks has fewer chunks)."""
@@ -272,6 +273,11 @@ class AsyncRoots:
   def __call__(self, opt_state: Any) -> Any:
     """Advances the pipeline after one optimizer step; returns ``opt_state`` with the roots due
     at the next step installed (unchanged otherwise)."""
+    if self._closed:
+      raise RuntimeError(
+        "this AsyncRoots pipeline is closed: make a new one with sops.async_shampoo (its "
+        "load_state_dict restores a checkpoint taken before closing)."
+      )
     node = _shampoo_state(opt_state)
     self._build(node)
     self.step += 1
@@ -360,6 +366,7 @@ class AsyncRoots:
     """Waits for the computations in flight, stops the worker thread and closes a
     :class:`sops.RootProcess` root device (take :meth:`state_dict` first to checkpoint them).
     Also ``with sops.async_shampoo(...)[1] as roots: ...``."""
+    self._closed = True
     self._worker.shutdown(wait=True)
     if isinstance(self.device, RootProcess):
       self.device.close()

@@ -63,7 +63,9 @@ def _real_shape(lp, part, b):
   return tuple(shape)
 
 
-def reference_soap(grads, states, lp, part, *, b1, b2, sb2, eps, every, stats_every, refresh):
+def reference_soap(
+  grads, states, lp, part, *, b1, b2, sb2, eps, every, stats_every, refresh, nesterov=False
+):
   """Updates of SOAP for one preconditioned leaf; ``states`` are the implementation's states."""
   padded = [np.asarray(blocking.to_blocks(jnp.asarray(g), lp), np.float64) for g in grads]
   real = [_real_shape(lp, part, b) for b in range(lp.num_blocks)]
@@ -89,7 +91,11 @@ def reference_soap(grads, states, lp, part, *, b1, b2, sb2, eps, every, stats_ev
         gr = _mode(gr, st["Q"][d].T, d)
       st["m"] = b1 * st["m"] + (1 - b1) * gr
       st["v"] = b2 * st["v"] + (1 - b2) * gr**2
-      u = (st["m"] / (1 - b1**t)) / (np.sqrt(st["v"] / (1 - b2**t)) + eps)
+      if nesterov:  # NAdam (optax.scale_by_adam(nesterov=True))
+        num = b1 * st["m"] / (1 - b1 ** (t + 1)) + (1 - b1) * gr / (1 - b1**t)
+      else:
+        num = st["m"] / (1 - b1**t)
+      u = num / (np.sqrt(st["v"] / (1 - b2**t)) + eps)
       for d in dims:
         u = _mode(u, st["Q"][d], d)
       out[sl] = u
@@ -136,6 +142,15 @@ CASES = [
 @pytest.mark.parametrize("shape,block,merge,max_dim,refresh", CASES)
 @pytest.mark.parametrize("every,stats_every", [(2, 1), (3, 2)])
 def test_matches_float64_reference(shape, block, merge, max_dim, refresh, every, stats_every, rng):
+  _check_reference(shape, block, merge, max_dim, refresh, every, stats_every, False, rng)
+
+
+@pytest.mark.parametrize("shape,block,merge,max_dim,refresh", [CASES[1], CASES[3]])
+def test_nesterov_matches_float64_reference(shape, block, merge, max_dim, refresh, rng):
+  _check_reference(shape, block, merge, max_dim, refresh, 2, 1, True, rng)
+
+
+def _check_reference(shape, block, merge, max_dim, refresh, every, stats_every, nesterov, rng):
   kw = dict(b1=0.9, b2=0.99, sb2=0.95, eps=1e-8, every=every, stats_every=stats_every)
   with jax.enable_x64(True):
     tx = sops.scale_by_soap(
@@ -143,6 +158,7 @@ def test_matches_float64_reference(shape, block, merge, max_dim, refresh, every,
       b2=kw["b2"],
       shampoo_beta2=kw["sb2"],
       eps=kw["eps"],
+      nesterov=nesterov,
       precondition_every=every,
       statistics_every=stats_every,
       refresh=refresh,
@@ -162,23 +178,24 @@ def test_matches_float64_reference(shape, block, merge, max_dim, refresh, every,
     )
     (lp,) = part.leaves
     assert lp.preconditioned
-    ref = reference_soap(grads, states, lp, part, refresh=refresh, **kw)
+    ref = reference_soap(grads, states, lp, part, refresh=refresh, nesterov=nesterov, **kw)
   for t, (o, r) in enumerate(zip(outs, ref, strict=True)):
     np.testing.assert_allclose(np.asarray(o), r, rtol=1e-7, atol=1e-9, err_msg=f"step {t + 1}")
 
 
-def _adam_pair(**kw):
-  soap = sops.scale_by_soap(b1=0.9, b2=0.99, **kw)
-  adam = optax.scale_by_adam(0.9, 0.99)
+def _adam_pair(nesterov=False, **kw):
+  soap = sops.scale_by_soap(b1=0.9, b2=0.99, nesterov=nesterov, **kw)
+  adam = optax.scale_by_adam(0.9, 0.99, nesterov=nesterov)
   return soap._replace(update=jax.jit(soap.update)), adam._replace(update=jax.jit(adam.update))
 
 
-def test_diagonal_gradients_give_exactly_adam(rng):
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_diagonal_gradients_give_exactly_adam(nesterov, rng):
   # Diagonal gradients have diagonal statistics: every eigenbasis (eigh refresh) is a signed
-  # permutation, so SOAP is Adam up to rounding, through reorders of the basis and the moment
-  # rotations that follow them.
+  # permutation, so SOAP is Adam (NAdam with nesterov=True) up to rounding, through reorders of
+  # the basis and the moment rotations that follow them.
   params = {"w": jnp.zeros((6, 6)), "b": jnp.zeros(6)}
-  soap, adam = _adam_pair(precondition_every=3, refresh="eigh", merge_small_dims=False)
+  soap, adam = _adam_pair(nesterov, precondition_every=3, refresh="eigh", merge_small_dims=False)
   s1, s2 = soap.init(params), adam.init(params)
   for _ in range(15):
     g = {
@@ -302,6 +319,7 @@ def test_nonfinite_or_overflowing_gradients_skip_the_step(bad, rng):
     (dict(precondition_every=0), "precondition_every"),
     (dict(statistics_every=1.5), "statistics_every"),
     (dict(refresh="power"), "refresh"),
+    (dict(nesterov="yes"), "nesterov"),
     (dict(block_size=0), "block_size"),
     (dict(statistics_dtype="int32"), "statistics_dtype"),
     (dict(axis_name=3), "axis_name"),

@@ -118,6 +118,7 @@ def scale_by_soap(
   b2: jax.typing.ArrayLike = 0.95,
   shampoo_beta2: jax.typing.ArrayLike | None = None,
   eps: jax.typing.ArrayLike = 1e-8,
+  nesterov: bool = False,
   precondition_every: jax.typing.ArrayLike = 10,
   statistics_every: jax.typing.ArrayLike = 1,
   refresh: str = "qr",
@@ -156,6 +157,9 @@ def scale_by_soap(
     shampoo_beta2: decay of the Kronecker statistics, in ``(0, 1]`` (1 sums them); ``None``
       uses ``b2``, as the paper does.
     eps: added to the root of Adam's second moment.
+    nesterov: Nesterov momentum in the rotated coordinates, as ``optax.adam(nesterov=True)``
+      (NAdam, Dozat 2016): the numerator is :math:`\beta_1 \hat m_{t+1} + (1 - \beta_1) \hat
+      G'_t` with each term bias-corrected, instead of :math:`\hat m_t`.
     precondition_every: steps between two refreshes of the eigenbases (paper default 10).
     statistics_every: steps between two statistics updates (``1``: every step).
     refresh: ``"qr"`` (one subspace-iteration step per refresh after the first ``eigh``) or
@@ -212,6 +216,7 @@ def scale_by_soap(
   _check_number("precondition_every", precondition_every, low=1, integer=True)
   _check_number("statistics_every", statistics_every, low=1, integer=True)
   utils.check_choice("refresh", refresh, _REFRESH)
+  utils.check_choice("nesterov", nesterov, (True, False))
   utils.check_choice("merge_small_dims", merge_small_dims, (True, False))
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name must be None or a str, got {axis_name!r}.")
@@ -304,7 +309,14 @@ def scale_by_soap(
       for v, x in zip(nu, g, strict=True)
     ]
     bc1, bc2 = 1.0 - b1_**count, 1.0 - b2_**count
-    dirs = [(m / bc1) / (jnp.sqrt(v / bc2) + eps) for m, v in zip(mu_full, nu, strict=True)]
+    if nesterov:  # optax.scale_by_adam's NAdam numerator
+      num = [
+        b1_ * m / (1.0 - b1_ ** (count + 1)) + (1.0 - b1_) * x / bc1
+        for m, x in zip(mu_full, g, strict=True)
+      ]
+    else:
+      num = [m / bc1 for m in mu_full]
+    dirs = [n / (jnp.sqrt(v / bc2) + eps) for n, v in zip(num, nu, strict=True)]
     out = rotate(dirs, bases, part, True)
     stats = kronecker.scheduled_statistics(
       state.soap_statistics, blocks, part, shampoo_beta2, count, statistics_every, ok
@@ -347,6 +359,7 @@ def soap(
   b2: jax.typing.ArrayLike = 0.95,
   shampoo_beta2: jax.typing.ArrayLike | None = None,
   eps: jax.typing.ArrayLike = 1e-8,
+  nesterov: bool = False,
   weight_decay: jax.typing.ArrayLike = 0.0,
   weight_decay_mask: Any = None,
   precondition_every: jax.typing.ArrayLike = 10,
@@ -373,6 +386,7 @@ def soap(
     b2: Adam's second-moment decay.
     shampoo_beta2: decay of the Kronecker statistics (``None``: ``b2``).
     eps: Adam's epsilon.
+    nesterov: Nesterov momentum (NAdam in the eigenbasis).
     weight_decay: decoupled weight decay :math:`\lambda \ge 0`.
     weight_decay_mask: optional tree of bools (or callable) for ``optax.add_decayed_weights``.
     precondition_every: steps between eigenbasis refreshes.
@@ -414,6 +428,7 @@ def soap(
       b2=b2,
       shampoo_beta2=shampoo_beta2,
       eps=eps,
+      nesterov=nesterov,
       precondition_every=precondition_every,
       statistics_every=statistics_every,
       refresh=refresh,

@@ -46,19 +46,6 @@ def build(spec: str, steps: int, weight_decay: float):
   return label, _common.make_optimizer(kind, lr, steps, weight_decay, kw)
 
 
-def scan_chunk(step):
-  """A jitted ``lax.scan`` of ``step`` over a chunk of batches, as in training."""
-
-  @jax.jit
-  def chunk(params, opt_state, batches):
-    def body(carry, batch):
-      return step(*carry, batch), None
-
-    return jax.lax.scan(body, (params, opt_state), batches)[0]
-
-  return chunk
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variant", action="append", required=True, help="NAME:KEY=VALUE,...")
@@ -77,7 +64,7 @@ def main() -> None:
   configs = [build(v, args.schedule_steps, args.weight_decay) for v in args.variant]
   runs = []
   for label, tx in configs:
-    chunk = scan_chunk(_common.make_step(task.loss_fn, tx))
+    chunk = _common.scan_chunk(_common.make_step(task.loss_fn, tx))
     carry = jax.block_until_ready(chunk(task.params, tx.init(task.params), task.sample(0)))
     runs.append({"label": label, "chunk": chunk, "carry": carry, "round_s": []})
 

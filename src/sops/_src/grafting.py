@@ -109,7 +109,8 @@ def rescale_to_graft(yb: jax.Array, graft_blocks: jax.Array) -> jax.Array:
 def momentum(mom_leaves, directions, count, b1, nesterov, ok):
   """EMA of ``directions`` with Adam-style bias correction (Nesterov optional); returns
   ``(output, new_momentum)``, the momentum kept exactly where ``ok`` is False (a skipped step).
-  Shampoo applies it after grafting, or before with ``precondition_momentum``."""
+  Shampoo applies it after grafting, or before with ``precondition_momentum``; SOAP takes Adam's
+  first moment from it (``optax.scale_by_adam``'s, NAdam's with ``nesterov``)."""
   b1 = jnp.asarray(b1)
   full = [
     utils.ema_or_keep(ok, b1, 1.0 - b1, m, d) for m, d in zip(mom_leaves, directions, strict=True)

@@ -301,21 +301,14 @@ def scale_by_soap(
     blocks = kronecker.to_block_list(leaves, part, sdt)
     g = [x.astype(grafting.accumulator_dtype(x)) for x in leaves]
     g = rotate(g, bases, part, False, blocks)
-    b1_, b2_ = jnp.asarray(b1), jnp.asarray(b2)
-    mu_full = [utils.ema_or_keep(ok, b1_, 1.0 - b1_, m, x) for m, x in zip(mu, g, strict=True)]
-    mu = [f.astype(m.dtype) for f, m in zip(mu_full, mu, strict=True)]
+    # Adam's bias-corrected first moment (NAdam's numerator with nesterov), as Shampoo's momentum.
+    num, mu = grafting.momentum(mu, g, count, b1, nesterov, ok)
+    b2_ = jnp.asarray(b2)
     nu = [
       utils.ema_or_keep(ok, b2_, 1.0 - b2_, v, x * x).astype(v.dtype)
       for v, x in zip(nu, g, strict=True)
     ]
-    bc1, bc2 = 1.0 - b1_**count, 1.0 - b2_**count
-    if nesterov:  # optax.scale_by_adam's NAdam numerator
-      num = [
-        b1_ * m / (1.0 - b1_ ** (count + 1)) + (1.0 - b1_) * x / bc1
-        for m, x in zip(mu_full, g, strict=True)
-      ]
-    else:
-      num = [m / bc1 for m in mu_full]
+    bc2 = 1.0 - b2_**count
     dirs = [n / (jnp.sqrt(v / bc2) + eps) for n, v in zip(num, nu, strict=True)]
     out = rotate(dirs, bases, part, True)
     stats = kronecker.scheduled_statistics(

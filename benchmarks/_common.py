@@ -50,6 +50,7 @@ def machine_info() -> dict[str, Any]:
     "devices": [str(d) for d in jax.devices()],
     "python": platform.python_version(),
     **versions,
+    "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),  # LAPACK threads (eigh, QR)
     "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
   }
@@ -518,7 +519,7 @@ def summarize(runs: Sequence[dict[str, Any]], baseline: str = "adamw") -> list[d
 
 SUMMARY_COLUMNS = (
   ("optimizer", "optimizer", ""),
-  ("lr", "best lr", ".0e"),
+  ("lr", "best lr", ".2g"),
   ("final_loss", "final loss", ".4f"),
   ("steps_to_target", "steps to target", ""),
   ("mean_step_ms", "mean step ms", ".2f"),
@@ -532,7 +533,7 @@ SUMMARY_COLUMNS = (
 )
 GRID_COLUMNS = (
   ("optimizer", "optimizer", ""),
-  ("lr", "lr", ".0e"),
+  ("lr", "lr", ".2g"),
   ("final_loss", "final loss", ".4f"),
   ("mean_step_ms", "mean step ms", ".2f"),
   ("seconds", "timed s", ".1f"),
@@ -549,7 +550,7 @@ def plot_curves(runs: Sequence[dict[str, Any]], summary, path: str, ylabel: str)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   for row in summary:
     r = next(r for r in runs if r["label"] == row["optimizer"] and r["lr"] == row["lr"])
-    name = f"{row['optimizer']} (lr {row['lr']:.0e})"
+    name = f"{row['optimizer']} (lr {row['lr']:.2g})"
     axes[0].plot(r["steps"], r["losses"], label=name)
     axes[1].plot(np.concatenate([[0.0], np.cumsum(r["chunk_seconds"])]), r["losses"], label=name)
   for ax, xlabel in zip(axes, ("step", "timed training seconds"), strict=True):
@@ -593,7 +594,7 @@ def compare(
     build(cfg)
   runs = []
   for cfg in (bar := tqdm(configs, desc=name, unit="run")):
-    bar.set_postfix_str(f"{cfg['label']} lr {cfg['lr']:.0e}")
+    bar.set_postfix_str(f"{cfg['label']} lr {cfg['lr']:.2g}")
     res = run_one(build(cfg), cfg["budget"])
     run = {**cfg, "steps": res.steps, "losses": res.losses, "mean_step_s": res.mean_step_s}
     run.update(seconds=res.seconds, chunk_seconds=res.chunk_seconds, metrics=res.metrics)

@@ -145,7 +145,7 @@ def test_matches_float64_reference(shape, block, merge, max_dim, refresh, every,
   _check_reference(shape, block, merge, max_dim, refresh, every, stats_every, False, rng)
 
 
-@pytest.mark.parametrize("shape,block,merge,max_dim,refresh", [CASES[1], CASES[3]])
+@pytest.mark.parametrize("shape,block,merge,max_dim,refresh", [CASES[1], CASES[3], CASES[4]])
 def test_nesterov_matches_float64_reference(shape, block, merge, max_dim, refresh, rng):
   _check_reference(shape, block, merge, max_dim, refresh, 2, 1, True, rng)
 

@@ -18,10 +18,12 @@ timed side by side (rounds of five solves with scipy, then five with sops, until
 one whole solve (and the ratios of the medians and of the means, the mean being the protocol of
 this repository's step-time benchmarks), Newton iterations, the final infinity norm of the
 gradient, the relative difference ``||x_sops - x_scipy|| / ||x_scipy||`` of all parameters, and the
-speed-up. Targets: speed-up >= 10x, <= 12 Newton iterations, relative difference <= 1e-5.
+speed-up. Targets: mean speed-up >= 10x (the repository's protocol: mean times; a sub-millisecond
+solve is timed 100 times by default, as a handful of samples moved the ratio by 2x on a shared
+host), <= 12 Newton iterations, relative difference <= 1e-5.
 
-    python benchmarks/newton_cg_minimize.py            # best of 5
-    python benchmarks/newton_cg_minimize.py --quick    # best of 2
+    python benchmarks/newton_cg_minimize.py            # 100 solves of each
+    python benchmarks/newton_cg_minimize.py --quick    # 2 solves of each
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def sops_solver(fun, p0, x, y, gtol):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=100, help="timed solves of each solver")
   parser.add_argument("--gtol", type=float, default=1e-8, help="sops: max |gradient| to stop")
   parser.add_argument("--xtol", type=float, default=1e-8, help="scipy: mean |step| to stop")
   parser.add_argument("--quick", action="store_true", help="2 repeats")
@@ -168,7 +170,9 @@ def main() -> None:
     it_sops, g_sops, x_sops = summary_sops(res_sops)
     rel = float(np.linalg.norm(x_sops - x_scipy) / np.linalg.norm(x_scipy))
     speedup = t_scipy / t_sops
-    met = speedup >= TARGET_SPEEDUP and it_sops <= TARGET_ITERATIONS and rel <= TARGET_REL_DIFF
+    mean_speedup = mean_scipy / mean_sops  # the repository's protocol: mean times
+    met = mean_speedup >= TARGET_SPEEDUP and it_sops <= TARGET_ITERATIONS
+    met = met and rel <= TARGET_REL_DIFF
     rows.append(
       {
         "problem": name,
@@ -181,7 +185,7 @@ def main() -> None:
         "median_speedup": med_scipy / med_sops,
         "scipy_mean_ms": 1e3 * mean_scipy,
         "sops_mean_ms": 1e3 * mean_sops,
-        "mean_speedup": mean_scipy / mean_sops,
+        "mean_speedup": mean_speedup,
         "scipy_iterations": int(it_scipy),
         "sops_iterations": it_sops,
         "scipy_grad_inf": g_scipy,
@@ -205,9 +209,10 @@ def main() -> None:
       "rel_diff_max": TARGET_REL_DIFF,
     },
   }
-  print(f"JAX {jax.__version__}, {meta['cpu']} ({meta['cores']} cores), float64, best of {repeats}")
+  cpu = f"{meta['cpu']} ({meta['cores']} cores)"
+  print(f"JAX {jax.__version__}, {cpu}, float64, {repeats} solves of each")
   print(
-    f"targets: speed-up >= {TARGET_SPEEDUP:g}x, sops iterations <= {TARGET_ITERATIONS}, "
+    f"targets: mean speed-up >= {TARGET_SPEEDUP:g}x, sops iterations <= {TARGET_ITERATIONS}, "
     f"rel. diff <= {TARGET_REL_DIFF:g}; sops gtol={args.gtol:g}, scipy xtol={args.xtol:g}\n"
   )
   columns = (

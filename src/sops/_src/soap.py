@@ -170,9 +170,9 @@ def scale_by_soap(
     block_size: largest factor size (``None``: 256); larger dimensions are split into blocks.
       Static.
     max_preconditioner_dim: dimensions above it keep the identity (``None``: 4096). Static.
-      Set below ``block_size``, it rotates wide blocks on their short side only (one-sided
-      SOAP), which saves most of their rotation and refresh cost: ``128`` with the default
-      blocks is the transformer recipe of the docs (``docs/soap.md``).
+      Between a block's short and long side, it rotates the block along its short side only
+      (one-sided SOAP), which saves most of a wide block's rotation and refresh cost: ``128``
+      with the default 256-blocks is the transformer recipe of ``docs/soap.md``.
     merge_small_dims: merge adjacent small dimensions. Static.
     statistics_dtype: floating dtype of the statistics and eigenbases (default ``"float32"``).
     axis_name: ``pmap`` axis name. When set, each device refreshes the bases of its share of

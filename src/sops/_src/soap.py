@@ -304,15 +304,10 @@ def scale_by_soap(
     blocks = kronecker.to_block_list(leaves, part, sdt)
     g = [x.astype(grafting.accumulator_dtype(x)) for x in leaves]
     g = rotate(g, bases, part, False, blocks)
-    # Adam's bias-corrected first moment (NAdam's numerator with nesterov), as Shampoo's momentum.
+    # Adam in the rotated coordinates, from Shampoo's helpers: the bias-corrected first moment
+    # (NAdam's numerator with nesterov) over the root of the bias-corrected second moment.
     num, mu = grafting.momentum(mu, g, count, b1, nesterov, ok)
-    b2_ = jnp.asarray(b2)
-    nu = [
-      utils.ema_or_keep(ok, b2_, 1.0 - b2_, v, x * x).astype(v.dtype)
-      for v, x in zip(nu, g, strict=True)
-    ]
-    bc2 = 1.0 - b2_**count
-    dirs = [n / (jnp.sqrt(v / bc2) + eps) for n, v in zip(num, nu, strict=True)]
+    dirs, nu = grafting.graft_direction("adam", g, nu, count, b2, eps, ok, numerators=num)
     out = rotate(dirs, bases, part, True)
     stats = kronecker.scheduled_statistics(
       state.soap_statistics, blocks, part, shampoo_beta2, count, statistics_every, ok

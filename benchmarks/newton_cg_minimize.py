@@ -171,8 +171,7 @@ def main() -> None:
     rel = float(np.linalg.norm(x_sops - x_scipy) / np.linalg.norm(x_scipy))
     speedup = t_scipy / t_sops
     mean_speedup = mean_scipy / mean_sops  # the repository's protocol: mean times
-    met = mean_speedup >= TARGET_SPEEDUP and it_sops <= TARGET_ITERATIONS
-    met = met and rel <= TARGET_REL_DIFF
+    met = mean_speedup >= TARGET_SPEEDUP and it_sops <= TARGET_ITERATIONS and rel <= TARGET_REL_DIFF
     rows.append(
       {
         "problem": name,

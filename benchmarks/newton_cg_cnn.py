@@ -71,7 +71,9 @@ def main() -> None:
     "data": {"dataset": "sklearn digits", "train": len(x_tr), "validation": len(x_va)},
     "measure": "validation cross-entropy",
   }
-  ncg.compare(args, params, data, predict, output_loss, evaluate, ADAM_BATCH, meta)
+  # Softmax cross-entropy: labels drawn from the predicted class probabilities.
+  sampled_fisher = (lambda z, key: jax.random.categorical(key, z), xent)
+  ncg.compare(args, params, data, predict, output_loss, evaluate, ADAM_BATCH, meta, sampled_fisher)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ PUBLIC_FUNCTIONS = [
   sops.shampoo_state_sharding,
   sops.async_shampoo,
   sops.newton_cg_minimize,
+  sops.fisher_kronecker,
   sops.soap,
   sops.scale_by_soap,
   sops.linalg.inverse_pth_root,
@@ -51,7 +52,7 @@ def test_public_function_docstring_examples_run(fn):
   assert result.failed == 0, f"{_name(fn)}: {result.failed} doctest example(s) failed"
 
 
-PUBLIC_CLASSES = [sops.RootConfig, sops.AsyncRoots, sops.StateStorage]
+PUBLIC_CLASSES = [sops.RootConfig, sops.AsyncRoots, sops.StateStorage, sops.KroneckerFactors]
 
 
 @pytest.mark.parametrize("cls", PUBLIC_CLASSES, ids=_name)

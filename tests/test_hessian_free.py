@@ -154,6 +154,21 @@ def test_curvature_minibatch_uses_its_curvature_and_the_full_gradient(curvature)
     assert float(state.info.loss) == pytest.approx(float(value_fn(params)), rel=1e-6)
 
 
+def test_given_value_replaces_the_gradient_batch_forward_pass():
+  params, x, y, _, loss = mlp()
+  value_fn = functools.partial(loss, xb=x, yb=y)
+  extra = dict(value_fn=value_fn, curvature_value_fn=functools.partial(loss, xb=x[:12], yb=y[:12]))
+  value, g = jax.value_and_grad(value_fn)(params)
+  tx = sops.newton_cg(maxiter=4, cg_backtracking=True)
+  u0, s0 = tx.update(g, tx.init(params), params, **extra)
+  u1, s1 = tx.update(g, tx.init(params), params, value=value, **extra)
+  for a, b in zip(jax.tree.leaves((u0, s0)), jax.tree.leaves((u1, s1)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  # The value is used as given: a wrong one shows up in the diagnostics.
+  _, s2 = tx.update(g, tx.init(params), params, value=value + 1.0, **extra)
+  assert float(s2[0].info.loss) == pytest.approx(float(value) + 1.0, rel=1e-6)
+
+
 def test_cg_backtracking_takes_the_best_saved_iterate_walking_back():
   with jax.enable_x64(True):
     params, x, y, _, loss = mlp(seed=2)

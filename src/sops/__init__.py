@@ -17,6 +17,7 @@ Public API:
 
 from sops import linalg
 from sops._src.async_roots import AsyncRoots, async_shampoo
+from sops._src.fisher_kronecker import KroneckerFactors, fisher_kronecker
 from sops._src.hessian_free import fisher_diagonal
 from sops._src.minimize import NewtonCGMinimizeInfo, newton_cg_minimize
 from sops._src.newton_cg import (
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
   "AsyncRoots",
+  "KroneckerFactors",
   "NewtonCGInfo",
   "NewtonCGMinimizeInfo",
   "RootConfig",
@@ -54,6 +56,7 @@ __all__ = [
   "__version__",
   "async_shampoo",
   "fisher_diagonal",
+  "fisher_kronecker",
   "fsdp_sharding",
   "linalg",
   "newton_cg",

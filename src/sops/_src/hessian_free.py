@@ -25,7 +25,7 @@ from sops._src import curvature as curv
 from sops._src import utils
 from sops._src.cg import CGIterates
 
-PRECONDITIONERS = (None, "ema", "fisher")
+PRECONDITIONERS = (None, "ema", "fisher", "kronecker")
 
 
 def curvature_operator(
@@ -33,14 +33,16 @@ def curvature_operator(
   params: Any,
   fns: tuple[Callable | None, Callable | None, Callable | None],
   curvature_fns: tuple[Callable | None, Callable | None, Callable | None],
+  value: jax.Array | None = None,
 ) -> tuple[jax.Array, Callable, Callable]:
   """``(loss, curvature-vector product, loss_fn)`` at ``params``.
 
   ``fns`` are the gradient batch's ``(value_fn, predict_fn, output_loss_fn)``. When any of
   ``curvature_fns`` (the same three on a curvature mini-batch) is given, the product is built on
   that batch (Martens 2010, Section 4.3: the curvature changes slowly and tolerates a smaller
-  batch than the gradient) and the loss on the gradient batch is one forward pass; otherwise both
-  come from ``fns`` (one linearization).
+  batch than the gradient) and the loss on the gradient batch is one forward pass, or ``value``
+  when the caller has it (from ``jax.value_and_grad``); otherwise both come from ``fns`` (one
+  linearization).
   """
   if all(f is None for f in curvature_fns):
     return curv.linearize(curvature, params, *fns)
@@ -55,7 +57,7 @@ def curvature_operator(
         "curvature_value_fn=loss_on_curvature_batch)",
       )
     value_fn = lambda p: output_loss_fn(predict_fn(p))  # noqa: E731
-  return value_fn(params), bvp, value_fn
+  return (value_fn(params) if value is None else value), bvp, value_fn
 
 
 def update_ema_diagonal(acc: Any, grads: Any, decay: jax.typing.ArrayLike) -> Any:

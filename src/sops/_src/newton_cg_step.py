@@ -21,6 +21,7 @@ from jax import lax
 
 from sops._src import curvature as curv
 from sops._src import damping as damping_lib
+from sops._src import fisher_kronecker as fk
 from sops._src import hessian_free as hf
 from sops._src import utils
 from sops._src.cg import backtracking_iterations, conjugate_gradient_iterates
@@ -78,6 +79,8 @@ class ScaleByNewtonCGState(NamedTuple):
     preconditioner_diagonal: the EMA of squared gradients behind ``preconditioner="ema"``
       (``None`` otherwise).
     info: diagnostics of the last update.
+    kronecker: the EMA of the Kronecker factors and the inverse built from them at the last
+      refresh, behind ``preconditioner="kronecker"`` (``None`` otherwise).
   """
 
   count: jax.Array  # shape=(), int32
@@ -87,6 +90,7 @@ class ScaleByNewtonCGState(NamedTuple):
   preconditioner_diagonal: Any  # pytree like params, float32 (>= params dtype): EMA of squared
   #   gradients for preconditioner="ema"; None otherwise
   info: NewtonCGInfo
+  kronecker: Any = None  # fisher_kronecker.KroneckerState for preconditioner="kronecker"
 
 
 def _validate(
@@ -102,6 +106,8 @@ def _validate(
   preconditioner,
   preconditioner_exponent,
   preconditioner_decay,
+  preconditioner_every,
+  preconditioner_damping,
   cg_backtracking,
   progress_tol,
 ) -> None:
@@ -122,6 +128,8 @@ def _validate(
   utils.check_scalar(
     "preconditioner_decay", preconditioner_decay, low=0.0, high=1.0, high_inclusive=False
   )
+  utils.check_scalar("preconditioner_every", preconditioner_every, low=1, integer=True)
+  utils.check_choice("preconditioner_damping", preconditioner_damping, fk.DAMPINGS)
   utils.check_choice("cg_backtracking", cg_backtracking, (True, False))
   if progress_tol is not None:
     utils.check_scalar("progress_tol", progress_tol, low=0.0, low_inclusive=False)
@@ -201,21 +209,39 @@ def _prepare(grads, params, state, fns: Fns, warm_start):
   )
 
 
-def _preconditioner(kind, state, g32, fisher, lam, exponent, decay, axis_name):
-  """``(apply M^{-1} or None, new EMA diagonal)`` for ``preconditioner=kind``."""
+def _preconditioner(kind, state, g32, fisher, lam, options, axis_name):
+  """``(apply M^{-1} or None, new EMA diagonal, new Kronecker state)`` for ``preconditioner=kind``;
+  ``options`` is ``(exponent, decay, every, damping mode)``."""
+  exponent, decay, every, mode = options
   if kind is None:
-    return None, state.preconditioner_diagonal
+    return None, state.preconditioner_diagonal, state.kronecker
   if kind == "ema":
     diag = hf.update_ema_diagonal(state.preconditioner_diagonal, g32, decay)
-    return hf.diagonal_preconditioner(diag, lam, exponent), diag
+    return hf.diagonal_preconditioner(diag, lam, exponent), diag, state.kronecker
   if fisher is None:
+    name = "kronecker_factors" if kind == "kronecker" else "fisher_diagonal"
+    helper = "fisher_kronecker" if kind == "kronecker" else "fisher_diagonal"
     raise utils.missing_argument(
-      "`fisher_diagonal` for preconditioner='fisher'",
-      "update(grads, state, params, value_fn=..., fisher_diagonal=sops.fisher_diagonal("
-      "per_example_loss, params, x, y)) (mean of squared per-example gradients)",
+      f"`{name}` for preconditioner={kind!r}",
+      f"update(grads, state, params, value_fn=..., {name}=sops.{helper}("
+      "per_example_loss, params, x, y))",
     )
+  if kind == "kronecker":
+    kron = fk.update(
+      state.kronecker,
+      fisher,
+      refresh=state.count % every == 0,
+      num_refreshes=state.count // every + 1,
+      decay=decay,
+      damping=lam,
+      exponent=exponent,
+      mode=mode,
+      axis_name=axis_name,
+    )
+    return (lambda v: fk.apply_inverse(kron.inverse, v)), state.preconditioner_diagonal, kron
   fisher = utils.pmean_if(_up(utils.float_leaves(fisher)), axis_name)
-  return hf.diagonal_preconditioner(fisher, lam, exponent), state.preconditioner_diagonal
+  diag = state.preconditioner_diagonal
+  return hf.diagonal_preconditioner(fisher, lam, exponent), diag, state.kronecker
 
 
 def _descent_check(p, g32, enabled, axis_name):
@@ -265,6 +291,8 @@ def make(
   preconditioner=None,
   preconditioner_exponent=0.75,
   preconditioner_decay=0.95,
+  preconditioner_every=1,
+  preconditioner_damping="factored",
   cg_backtracking=False,
   progress_tol=None,
 ):
@@ -281,6 +309,8 @@ def make(
     preconditioner=preconditioner,
     preconditioner_exponent=preconditioner_exponent,
     preconditioner_decay=preconditioner_decay,
+    preconditioner_every=preconditioner_every,
+    preconditioner_damping=preconditioner_damping,
     cg_backtracking=cg_backtracking,
     progress_tol=progress_tol,
   )
@@ -315,6 +345,7 @@ def make(
         false(),
         false(),
       ),
+      kronecker=fk.init(floats) if preconditioner == "kronecker" else None,
     )
 
   def solve(matvec, g32, state, lam, fisher, params, loss_fn):
@@ -325,14 +356,18 @@ def make(
     if warm_start:
       decay = jnp.asarray(warm_start_decay)
       x0 = jax.tree.map(lambda s: decay.astype(s.dtype) * s, _up(state.cg_solution))
-    precond, diag = _preconditioner(
+    precond, diag, kron = _preconditioner(
       preconditioner,
       state,
       g32,
       fisher,
       lam,
-      preconditioner_exponent,
-      preconditioner_decay,
+      (
+        preconditioner_exponent,
+        preconditioner_decay,
+        preconditioner_every,
+        preconditioner_damping,
+      ),
       axis_name,
     )
     p, cg, iterates = conjugate_gradient_iterates(
@@ -350,13 +385,13 @@ def make(
     if cg_backtracking:
       with jax.named_scope("newton_cg_backtracking"):
         p, value_at_p = hf.backtrack(loss_fn, params, p, iterates, cg.iterations)
-    return p, cg, value_at_p, diag
+    return p, cg, value_at_p, (diag, kron)
 
-  def update_fn(grads, state, params, fns: Fns, fisher=None):
+  def update_fn(grads, state, params, fns: Fns, fisher=None, value=None):
     if params is None:
       raise utils.missing_argument("params", "update(grads, state, params, value_fn=loss_fn)")
     grads, params, fns = _prepare(grads, params, state, fns, warm_start)
-    value, bvp, loss_fn = hf.curvature_operator(curvature, params, fns[:3], fns[3:])
+    value, bvp, loss_fn = hf.curvature_operator(curvature, params, fns[:3], fns[3:], value)
     if axis_name is not None:
       local_loss = loss_fn
       loss_fn = lambda p: lax.pmean(local_loss(p), axis_name)  # noqa: E731
@@ -369,7 +404,7 @@ def make(
     # itself stays in the params' dtype.
     matvec = lambda v: _up(bvp(optax.tree.cast_like(v, params)))  # noqa: E731
     g32 = _up(g)
-    p, cg, value_at_p, diag = solve(matvec, g32, state, lam, fisher, params, loss_fn)
+    p, cg, value_at_p, (diag, kron) = solve(matvec, g32, state, lam, fisher, params, loss_fn)
     p, (sg, sp, ph, gph), fallback = _descent_check(p, g32, descent_check, axis_name)
     if value_at_p is not None:
       value_at_p = jnp.where(fallback, jnp.nan, value_at_p)  # p changed: recomputed if needed
@@ -410,6 +445,8 @@ def make(
     cg_solution = _select(take, p_out, state.cg_solution) if warm_start else None
     if diag is not None:
       diag = _select(finite, diag, state.preconditioner_diagonal)
+    if kron is not None:
+      kron = _select(finite, kron, state.kronecker)
 
     def clean(x, dtype=_F32):
       return jnp.where(finite & jnp.isfinite(x), x, 0).astype(dtype)
@@ -435,6 +472,7 @@ def make(
       ),
       preconditioner_diagonal=diag,
       info=info,
+      kronecker=kron,
     )
     return update, new_state, value, g, loss_fn, params
 

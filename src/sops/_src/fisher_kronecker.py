@@ -148,11 +148,12 @@ def _eigh_stacks(mats: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
 
 
 class KroneckerInverse(NamedTuple):
-  """:math:`M^{-1}` on a matrix leaf: ``V -> Q_L ((Q_L^T V Q_R) * scale) Q_R^T``."""
+  """:math:`M^{-1}` on a matrix leaf: ``V -> Q_L ((Q_L^T V Q_R) * scale) Q_R^T``, or, without
+  ``scale`` (factored damping, whose inverse is a Kronecker product), ``V -> left V right``."""
 
-  left: jax.Array  # (m, m) eigenvectors of L
-  right: jax.Array  # (n, n) eigenvectors of R
-  scale: jax.Array  # (m, n) M^{-1}'s eigenvalues
+  left: jax.Array  # (m, m) eigenvectors of L, or the left factor of M^{-1}
+  right: jax.Array  # (n, n) eigenvectors of R, or the right factor of M^{-1}
+  scale: jax.Array | None  # (m, n) M^{-1}'s eigenvalues; None for factored damping
 
 
 DAMPINGS = ("factored", "exact")
@@ -207,14 +208,16 @@ def kronecker_inverse(
     ]
     means.append(jnp.where(ok, tr / (m * n), 0.0))
   eig = _eigh_stacks(mats) if mats else []
+  # Each block's M^{-1} eigenvalues, as an (m, n) matrix (exact) or two vectors (factored).
   scales = []
   for k, s in enumerate(means):
     el, er = eig[2 * k][0], eig[2 * k + 1][0]
     if mode == "exact":
       scales.append((s * el[:, None] * er[None, :] + lam) ** -xi)
     else:
-      g = jnp.sqrt(lam / jnp.maximum(s, jnp.finfo(dt).tiny))
-      scales.append(jnp.where(s > 0, s * (el[:, None] + g) * (er[None, :] + g), lam) ** -xi)
+      g = jnp.where(s > 0, jnp.sqrt(lam / jnp.maximum(s, jnp.finfo(dt).tiny)), 0.0)
+      c = jnp.where(s > 0, s, lam) ** -xi
+      scales.append((c * (el + g) ** -xi, (er + g) ** -xi))
   # A non-finite diagonal entry counts as zero: that coordinate gets the damping alone.
   diag = [
     (jnp.where(jnp.isfinite(f), jnp.maximum(f.astype(dt), 0), 0) + lam) ** -xi
@@ -222,12 +225,21 @@ def kronecker_inverse(
     if not _is_factors(f)
   ]
   # One scale for all blocks keeps float32 away from under- and overflow.
-  top = jnp.max(jnp.stack([jnp.max(c) for c in scales + diag]))
+  top = jnp.max(
+    jnp.stack(
+      [jnp.max(c if mode == "exact" else c[0]) for c in scales] + [jnp.max(c) for c in diag]
+    )
+  )
   top = jnp.where((top > 0) & jnp.isfinite(top), top, 1.0)
   out, k, d = [], 0, 0
   for f in leaves:
     if _is_factors(f):
-      out.append(KroneckerInverse(eig[2 * k][1], eig[2 * k + 1][1], scales[k] / top))
+      (_, ql), (_, qr) = eig[2 * k], eig[2 * k + 1]
+      if mode == "exact":
+        out.append(KroneckerInverse(ql, qr, scales[k] / top))
+      else:
+        sl, sr = scales[k]
+        out.append(KroneckerInverse((ql * (sl / top)) @ ql.T, (qr * sr) @ qr.T, None))
       k += 1
     else:
       out.append(diag[d] / top)
@@ -241,7 +253,9 @@ def apply_inverse(inverse: Any, v: Any) -> Any:
   def one(x, op):
     if not isinstance(op, KroneckerInverse):
       return x * op.astype(x.dtype)
-    xm = x.reshape(op.scale.shape).astype(op.scale.dtype)
+    xm = x.reshape(len(op.left), len(op.right)).astype(op.left.dtype)
+    if op.scale is None:
+      return (op.left @ xm @ op.right).reshape(x.shape).astype(x.dtype)
     rotated = (op.left.T @ xm @ op.right) * op.scale
     return (op.left @ rotated @ op.right.T).reshape(x.shape).astype(x.dtype)
 
@@ -274,15 +288,16 @@ class KroneckerState(NamedTuple):
   inverse: Any
 
 
-def init(params: Any) -> KroneckerState:
-  """Zero factors and the identity inverse."""
+def init(params: Any, mode: str) -> KroneckerState:
+  """Zero factors and the identity inverse (for ``mode``'s representation)."""
   factors = zeros_like_factors(params)
 
   def identity(f):
     if not _is_factors(f):
       return jnp.ones_like(f)
     m, n, dt = len(f.left), len(f.right), f.left.dtype
-    return KroneckerInverse(jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt), jnp.ones((m, n), dt))
+    scale = jnp.ones((m, n), dt) if mode == "exact" else None
+    return KroneckerInverse(jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt), scale)
 
   return KroneckerState(factors, jax.tree.map(identity, factors, is_leaf=_is_factors))
 

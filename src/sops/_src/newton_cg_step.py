@@ -345,7 +345,7 @@ def make(
         false(),
         false(),
       ),
-      kronecker=fk.init(floats) if preconditioner == "kronecker" else None,
+      kronecker=fk.init(floats, preconditioner_damping) if preconditioner == "kronecker" else None,
     )
 
   def solve(matvec, g32, state, lam, fisher, params, loss_fn):

@@ -11,29 +11,10 @@ import numpy as np
 import optax
 import pytest
 from jax.flatten_util import ravel_pytree
+from test_hessian_free import exact_kwargs, mlp
 
 import sops
 from sops._src import fisher_kronecker as fk
-
-
-def mlp(seed=0, n=48, d=4, h=6, k=3):
-  rng = np.random.default_rng(seed)
-  params = {
-    "w1": jnp.asarray(rng.standard_normal((d, h))) / 2,
-    "b1": jnp.asarray(rng.standard_normal(h)) / 4,
-    "w2": jnp.asarray(rng.standard_normal((h, k))) / 3,
-  }
-  x = jnp.asarray(rng.standard_normal((n, d)))
-  y = jnp.asarray(rng.integers(0, k, n))
-
-  def example_loss(p, xi, yi):
-    z = jnp.tanh(xi @ p["w1"] + p["b1"]) @ p["w2"]
-    return optax.softmax_cross_entropy_with_integer_labels(z, yi)
-
-  def loss(p, xb, yb):
-    return jnp.mean(jax.vmap(example_loss, in_axes=(None, 0, 0))(p, xb, yb))
-
-  return params, x, y, example_loss, loss
 
 
 def test_factors_are_second_moments_of_scaled_chunk_gradients():
@@ -108,7 +89,7 @@ def test_inverse_is_the_damped_kronecker_inverse_up_to_one_constant(exponent, mo
     if k != "b"
   }
   ref["b"] = (np.asarray(factors["b"]) + lam) ** -exponent
-  const = float(out["b"][0] / ref["b"][0])
+  const = float(np.asarray(out["b"])[0] / ref["b"][0])
   for k in v:  # float32 factors: within a few float32 ulps of the largest entry of the reference
     want = const * ref[k]
     np.testing.assert_allclose(np.asarray(out[k]), want, rtol=0, atol=2e-5 * np.abs(want).max())
@@ -126,11 +107,6 @@ def test_zero_or_nonfinite_factors_give_a_damped_identity_block():
     assert bool(jnp.all(jnp.isfinite(leaf)))
   np.testing.assert_allclose(out["w"], out["u"])
   np.testing.assert_allclose(out["w"], jnp.full((3, 2), float(out["b"][0])))
-
-
-def exact_kwargs(**kw):
-  # CG run to convergence, fixed damping, no warm start: the step is the exact damped solve.
-  return dict(damping=0.5, adaptive_damping=False, maxiter=60, tol=1e-13, warm_start=False) | kw
 
 
 def test_preconditioned_step_is_the_dense_damped_newton_step():

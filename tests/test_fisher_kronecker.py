@@ -216,6 +216,11 @@ def test_missing_factors_raise_type_error_and_bad_options_value_error():
   tx = sops.scale_by_newton_cg(preconditioner="kronecker")
   with pytest.raises(TypeError, match="kronecker_factors"):
     tx.update(jax.grad(value_fn)(params), tx.init(params), params, value_fn=value_fn)
+  with pytest.raises(ValueError, match="kronecker_factors do not match"):
+    other = {"w1": params["w1"], "w2": params["w2"]}
+    factors = sops.fisher_kronecker(lambda p, xi, yi: 0.0 * jnp.sum(p["w1"]), other, x, y)
+    g = jax.grad(value_fn)(params)
+    tx.update(g, tx.init(params), params, value_fn=value_fn, kronecker_factors=factors)
   with pytest.raises(ValueError, match="preconditioner_every"):
     sops.newton_cg(preconditioner="kronecker", preconditioner_every=0)
   with pytest.raises(ValueError, match="preconditioner_damping"):

@@ -320,6 +320,13 @@ def update(
 
   def fresh():
     new = factors() if callable(factors) else factors
+    shapes = [jax.tree.map(jnp.shape, t) for t in (new, state.factors)]
+    if shapes[0] != shapes[1]:
+      raise ValueError(
+        "newton_cg: kronecker_factors do not match the params given to init (expected "
+        f"sops.fisher_kronecker(per_example_loss, params, ...) of the same params): got "
+        f"{shapes[0]}, expected {shapes[1]}."
+      )
     new = utils.pmean_if(new, axis_name)
     d = jnp.asarray(decay, _dtype(state.factors))
     ema = jax.tree.map(lambda a, b: (d * a + (1 - d) * b).astype(a.dtype), state.factors, new)

@@ -12,6 +12,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 from test_hessian_free import exact_kwargs, mlp
+from test_newton_cg import assert_pmap_equals_single_device
 
 import sops
 from sops._src import fisher_kronecker as fk
@@ -251,14 +252,9 @@ def test_pmap_equals_single_device(devices):
 
   single_tx, multi_tx = sops.newton_cg(**kw), sops.newton_cg(axis_name="batch", **kw)
   # Two chunks per replica: the mean over replicas is the mean over all 2 * ndev chunks.
-  single, multi = make_step(single_tx, None, 2 * ndev), make_step(multi_tx, "batch", 2)
-  ps, ss = params, single_tx.init(params)
-  pm = jax.tree.map(lambda a: jnp.stack([a] * ndev), params)
-  sm = jax.pmap(multi_tx.init)(pm)
   xs, ys = x.reshape(ndev, -1, x.shape[1]), y.reshape(ndev, -1)
-  for _ in range(3):
-    ps, ss = single(ps, ss, x, y)
-    pm, sm = multi(pm, sm, xs, ys)
-  for a, b in zip(jax.tree.leaves(ps), jax.tree.leaves(pm), strict=True):
-    np.testing.assert_allclose(b[1], b[0], rtol=0, atol=0)
-    np.testing.assert_allclose(b[0], a, rtol=1e-4, atol=1e-5)
+  assert_pmap_equals_single_device(
+    (single_tx, make_step(single_tx, None, 2 * ndev), (x, y)),
+    (multi_tx, make_step(multi_tx, "batch", 2), (xs, ys)),
+    params,
+  )

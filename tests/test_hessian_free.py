@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 from jax.flatten_util import ravel_pytree
+from test_newton_cg import assert_pmap_equals_single_device
 
 import sops
 from sops._src import hessian_free as hf
@@ -297,10 +298,6 @@ def test_pmap_with_ingredients_equals_single_device(devices):
     return jax.jit(step) if axis_name is None else jax.pmap(step, axis_name=axis_name)
 
   single_tx, multi_tx = sops.newton_cg(**kw), sops.newton_cg(axis_name="batch", **kw)
-  single, multi = make_step(single_tx, None), make_step(multi_tx, "batch")
-  ps, ss = params, single_tx.init(params)
-  pm = jax.tree.map(lambda a: jnp.stack([a] * ndev), params)
-  sm = jax.pmap(multi_tx.init)(pm)
   # Each replica's curvature batch is the first half of its shard: the single-device run uses
   # the same rows.
   xs, ys = x.reshape(ndev, -1, x.shape[1]), y.reshape(ndev, -1)
@@ -308,9 +305,8 @@ def test_pmap_with_ingredients_equals_single_device(devices):
   xc, yc = xs[:, :half].reshape(-1, x.shape[1]), ys[:, :half].reshape(-1)
   xo, yo = xs[:, half:].reshape(-1, x.shape[1]), ys[:, half:].reshape(-1)
   x_single, y_single = jnp.concatenate([xc, xo]), jnp.concatenate([yc, yo])
-  for _ in range(3):
-    ps, ss = single(ps, ss, x_single, y_single)
-    pm, sm = multi(pm, sm, xs, ys)
-  for a, b in zip(jax.tree.leaves(ps), jax.tree.leaves(pm), strict=True):
-    np.testing.assert_allclose(b[1], b[0], rtol=0, atol=0)
-    np.testing.assert_allclose(b[0], a, rtol=1e-4, atol=1e-5)
+  assert_pmap_equals_single_device(
+    (single_tx, make_step(single_tx, None), (x_single, y_single)),
+    (multi_tx, make_step(multi_tx, "batch"), (xs, ys)),
+    params,
+  )

@@ -334,20 +334,33 @@ def test_pmap_over_eight_devices_equals_single_device_full_batch(devices, curvat
 
   single_tx = sops.newton_cg(**kw)
   multi_tx = sops.newton_cg(axis_name="batch", **kw)
-  single, multi = make_step(single_tx, None), make_step(multi_tx, "batch")
+  xs, ys = x.reshape(ndev, -1, x.shape[1]), y.reshape(ndev, -1)
+  ss, sm = assert_pmap_equals_single_device(
+    (single_tx, make_step(single_tx, None), (x, y)),
+    (multi_tx, make_step(multi_tx, "batch"), (xs, ys)),
+    params,
+  )
+  assert int(sm[0].info.cg_iterations[0]) == int(ss[0].info.cg_iterations)
+
+
+def assert_pmap_equals_single_device(single, multi, params, steps=3):
+  """Trains ``params`` for ``steps`` steps on one device and under ``pmap``, each given as
+  ``(tx, step(params, state, *batch), batch)`` (the pmapped batch split over devices), and checks
+  that every replica holds the same parameters, equal to the single device's up to float32
+  reduction order (~1e-6, amplified by CG). Returns both final states."""
+  (single_tx, single_step, single_batch), (multi_tx, multi_step, multi_batch) = single, multi
+  ndev = jax.tree.leaves(multi_batch)[0].shape[0]
   ps, ss = params, single_tx.init(params)
   pm = jax.tree.map(lambda a: jnp.stack([a] * ndev), params)
   sm = jax.pmap(multi_tx.init)(pm)
-  xs, ys = x.reshape(ndev, -1, x.shape[1]), y.reshape(ndev, -1)
-  for _ in range(3):
-    ps, ss = single(ps, ss, x, y)
-    pm, sm = multi(pm, sm, xs, ys)
+  for _ in range(steps):
+    ps, ss = single_step(ps, ss, *single_batch)
+    pm, sm = multi_step(pm, sm, *multi_batch)
   for a, b in zip(jax.tree.leaves(ps), jax.tree.leaves(pm), strict=True):
-    for replica in range(ndev):  # every replica holds the same parameters ...
+    for replica in range(ndev):
       np.testing.assert_allclose(b[replica], b[0], rtol=0, atol=0)
-    # ... equal to full-batch training up to float32 reduction order (~1e-6, amplified by CG).
     np.testing.assert_allclose(b[0], a, rtol=1e-4, atol=1e-5)
-  assert int(sm[0].info.cg_iterations[0]) == int(ss[0].info.cg_iterations)
+  return ss, sm
 
 
 @pytest.mark.extended

@@ -177,8 +177,9 @@ def kronecker_inverse(
   :math:`\gamma = \sqrt{\lambda / s}`, which damps more than :math:`\lambda` where
   :math:`\lambda` is small against ``s`` (the cross terms add about :math:`\sqrt{\lambda s}`).
   Diagonal leaves get :math:`(d + \lambda)^{-\xi}` as in Martens' preconditioner. A block whose
-  factors are zero or not finite gets :math:`\lambda^{-\xi} I`. All blocks share one scale (the
-  largest entry is 1), which CG does not see.
+  factors are zero or not finite gets :math:`\lambda^{-\xi} I`. All blocks are divided by one
+  constant (the largest diagonal entry, exact eigenvalue or factored left-factor coefficient),
+  which keeps float32 in range and which CG does not see.
 
   Args:
     factors: from :func:`fisher_kronecker` (replica-averaged when data parallel).

@@ -67,7 +67,9 @@ def test_cg_keeps_the_dtype_of_each_leaf_of_a_mixed_precision_pytree(rng):
   with jax.enable_x64(True):
     b = {"a": jnp.asarray(b64), "c": jnp.asarray(b32)}
     matvec = lambda v: {"a": d64 * v["a"], "c": d32 * v["c"]}  # noqa: E731
-    x, info = jax.jit(lambda b: conjugate_gradient(matvec, b, tol=1e-6, maxiter=20))(b)
+    # tol 1e-9: a relative residual of 1e-6 does not bound each entry's relative error, and an
+    # entry near zero missed rtol=1e-5 for 18 of 300 seeds (0 of 300 at 1e-9, all converged).
+    x, info = jax.jit(lambda b: conjugate_gradient(matvec, b, tol=1e-9, maxiter=20))(b)
   assert x["a"].dtype == jnp.float64 and x["c"].dtype == jnp.float32
   assert bool(info.converged)
   np.testing.assert_allclose(x["a"], b64 / d64, rtol=1e-5)
